@@ -22,7 +22,7 @@ def get_config(arg: str = ""):
 
   c.clip = dict(
       weights="",         # HF CLIP dir, OpenCLIP ViT file or `ovs_jax.convert` dir (required)
-      arch="vit_b16",     # only used with random weights (`weights="random"`)
+      arch="vit_b16",     # only used with weights="random" or "demo" (pre-trained on the demo data)
       hidden_act="",      # for OpenCLIP files: quick_gelu (OpenAI) or gelu
       templates="vild",
   )
@@ -48,7 +48,7 @@ def get_config(arg: str = ""):
   if "panoptic" in variants:
     c.model.cdt_mode = "panoptic"
   if "demo" in variants:
-    c.clip.weights = "random"
+    c.clip.weights = "demo"  # a tiny CLIP pre-trained on the demo data (~1 min, once, cached)
     c.clip.arch = "tiny"
     c.model.update(num_queries=16, hidden_dim=64, enc_layers=1, enc_ffn_dim=128, dec_layers=3,
                    dec_ffn_dim=128, num_heads=4, deform_points=2, cdt_heads=4, dtype="float32",

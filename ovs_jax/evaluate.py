@@ -3,7 +3,7 @@
   python -m ovs_jax.evaluate --clip=PATH --datasets=ade20k_150,ade20k_847,pc_59,pc_459,voc_20 \
       --workdir=eval/ [--mode=slide --window=448 --stride=224] [--root=datasets]
   python -m ovs_jax.evaluate --checkpoint=WORKDIR --datasets=ade20k_150 --workdir=eval/
-  python -m ovs_jax.evaluate --demo --workdir=eval/     # random tiny CLIP on the demo set, offline
+  python -m ovs_jax.evaluate --demo --workdir=eval/     # demo CLIP on the demo set, offline
 
 --clip (training-free MaskCLIP) and --checkpoint (a registered method, see
 ovs_jax/inference/registry.py) take comma-separated lists: one table row per model. Writes
@@ -143,7 +143,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
   """Called only when run as a program, so importing `evaluate()` as a library adds no flags."""
-  flags.DEFINE_list("clip", [], "CLIP weights (HF dir, OpenCLIP file, converted dir, random:<arch>): "
+  flags.DEFINE_list("clip", [], "CLIP weights (HF dir, OpenCLIP file, converted dir, random:<arch>, demo:<arch>): "
                     "training-free MaskCLIP rows")
   flags.DEFINE_list("checkpoint", [], "ovs_jax checkpoints/workdirs of a registered method")
   flags.DEFINE_list("names", [], "row names, one per --clip then --checkpoint")
@@ -159,13 +159,14 @@ def define_flags():
   flags.DEFINE_integer("max_size", 2560, "cap on the longer side")
   flags.DEFINE_integer("window", 448, "sliding window side")
   flags.DEFINE_integer("stride", 224, "sliding window stride")
-  flags.DEFINE_integer("bucket", 0, "canvas sides round up to multiples of this (0: auto)")
+  flags.DEFINE_integer("bucket", 0, "canvas sides round up to multiples of this (0: the model's input multiple, as detectron2; "
+                       "larger: fewer compilations, more padding, slightly different predictions)")
   flags.DEFINE_integer("batch_size", 0, "global batch (0: one image per device)")
   flags.DEFINE_string("templates", "vild", "prompt templates: vild, imagenet or plain")
   flags.DEFINE_integer("max_images", 0, "evaluate only the first N images of each split (0: all)")
   flags.DEFINE_integer("workers", 0, "grain worker processes for decoding")
   flags.DEFINE_bool("skip_bad", False, "skip unreadable records instead of stopping")
-  flags.DEFINE_bool("demo", False, "the demo dataset (and random:tiny CLIP unless --clip is given)")
+  flags.DEFINE_bool("demo", False, "the demo dataset (and the demo:tiny CLIP unless --clip is given)")
 
 
 def main(argv):
@@ -173,7 +174,7 @@ def main(argv):
   clips, datasets = list(FLAGS.clip), list(FLAGS.datasets)
   if FLAGS.demo:
     datasets = datasets or ["demo"]
-    clips = clips or ([] if FLAGS.checkpoint else ["random:tiny"])
+    clips = clips or ([] if FLAGS.checkpoint else ["demo:tiny"])
   if not (clips or FLAGS.checkpoint) or not datasets:
     raise app.UsageError("give --clip and/or --checkpoint, and --datasets (or use --demo)")
   if any(s.startswith("random:") for s in clips):

@@ -7,6 +7,7 @@
 
 --clip takes an HF CLIP directory, an OpenCLIP ViT state dict, our converted directory, or
 `random:<arch>` (random weights, to check the pipeline without downloads: the masks are then noise)
+or `demo:<arch>` (pre-trained on the demo dataset, the `--demo` default)
 and uses training-free MaskCLIP; --checkpoint takes a trained model of any registered method.
 --mode=slide scores --window crops every --stride pixels and averages the overlaps. Per image it
 writes `<name>_overlay.png` (colour overlay + legend), `<name>_label.png` (raw class ids) and,
@@ -103,7 +104,7 @@ def demo_inputs(num: int):
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, or random:<arch>")
+flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, random:<arch> or demo:<arch>")
 flags.DEFINE_string("checkpoint", None, "a trained checkpoint of a registered method instead of --clip")
 flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
 flags.DEFINE_string("images", None, "image files and/or folders, comma-separated")
@@ -130,7 +131,7 @@ def main(argv):
     records, vocabulary = demo_inputs(FLAGS.num_demo)
     items = [(Path(r["file_name"]).stem, r["image"]) for r in records]
     gts = {stem: r["label"] for (stem, _), r in zip(items, records)}
-    spec = FLAGS.clip or "random:tiny"
+    spec = FLAGS.clip or "demo:tiny"
   else:
     if not (FLAGS.clip or FLAGS.checkpoint) or not FLAGS.images or not (FLAGS.classes or FLAGS.vocab):
       raise app.UsageError("give --clip (or --checkpoint), --images and --classes (or --vocab), "

@@ -16,6 +16,7 @@ def tiny_config(mesh: dict, steps: int = 3):
   """The demo recipe shrunk until a step compiles in well under a minute (fp32)."""
   from configs.cdt_vitb import get_config
   c = get_config("demo")
+  c.clip.weights = "random"
   c.model.update(num_queries=8, dec_layers=1, enc_layers=1, enc_ffn_dim=32, dec_ffn_dim=32,
                  hidden_dim=32, dtype="float32")
   c.loss.num_points = 64
@@ -33,7 +34,7 @@ def tiny_config(mesh: dict, steps: int = 3):
 def config_flags(mesh: dict, steps: int) -> list[str]:
   """The same tiny config as command-line overrides of configs/cdt_vitb.py:demo."""
   c = tiny_config(mesh, steps)
-  out = []
+  out = ["--config.clip.weights=random"]
   for group, keys in (("model", ["num_queries", "dec_layers", "enc_layers", "enc_ffn_dim", "dec_ffn_dim",
                                  "hidden_dim"]), ("loss", ["num_points"]),
                       ("data", ["num_masks", "crop_size", "eval_short_side", "eval_max_images"]),

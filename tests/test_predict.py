@@ -44,7 +44,7 @@ def test_segmenter_agrees_with_its_own_argmax_and_demo_cli(clip_dir, tmp_path):
   seg = Segmenter(model, parse_vocabulary("sofa; lamp"), ("{}",), short_side=32, cache_dir=None)
   label = seg(np.zeros((40, 50, 3), np.uint8))
   assert label.shape == (40, 50) and set(np.unique(label)) <= {0, 1}
-  r = _run("--demo", "--num_demo=2", f"--out={tmp_path / 'demo'}", "--short_side=64")
+  r = _run("--demo", "--clip=random:tiny", "--num_demo=2", f"--out={tmp_path / 'demo'}", "--short_side=64")
   assert r.returncode == 0, r.stderr
   assert len(list((tmp_path / "demo").glob("*_compare.png"))) == 2
 

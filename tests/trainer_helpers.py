@@ -4,6 +4,7 @@ import sys
 from configs.cdt_vitb import get_config
 
 TINY = {
+    "clip.weights": "random",
     "model.num_queries": 8, "model.hidden_dim": 32, "model.enc_layers": 1, "model.enc_ffn_dim": 64,
     "model.dec_layers": 1, "model.dec_ffn_dim": 64, "model.num_heads": 2, "model.deform_points": 1,
     "model.cdt_heads": 2, "loss.num_points": 256, "data.crop_size": 64, "data.num_masks": 6,

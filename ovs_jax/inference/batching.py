@@ -23,7 +23,8 @@ class InferenceConfig:
   window: int = 448
   stride: int = 224
   bucket: int = 0            # image canvas sides: multiples of this; 0: the model's input
-                             # multiple × k, the smallest ≥ 128
+                             # multiple (detectron2's size_divisibility). Padding changes what
+                             # the model sees, so larger buckets trade fidelity for compilations.
   label_bucket: int = 128    # original-size label canvas sides
   row_chunk: int = 32        # output rows resized per pass (bounds memory at 847 classes)
 
@@ -35,7 +36,7 @@ class InferenceConfig:
 
   def for_model(self, multiple: int) -> "InferenceConfig":
     """Resolves bucket 0 and checks the sizes against the model's input multiple."""
-    cfg = self if self.bucket else dataclasses.replace(self, bucket=-(-128 // multiple) * multiple)
+    cfg = self if self.bucket else dataclasses.replace(self, bucket=multiple)
     cfg.check_model(multiple)
     return cfg
 

@@ -39,7 +39,11 @@ def from_checkpoint(directory: Path, config: dict, vocabulary, *, templates=VILD
 
 
 def clip_from_spec(spec: str, hidden_act: str | None = None, seed: int = 0):
-  """`random:<arch>` -> randomly initialised preset (pipeline checks); else `load_clip(spec)`."""
+  """`random:<arch>` -> randomly initialised preset (pipeline checks); `demo:<arch>` -> the preset
+  pre-trained on the demo dataset (`ovs_jax.demo_clip`); else `load_clip(spec)`."""
+  if spec.startswith("demo:"):
+    from ovs_jax.demo_clip import demo_clip_dir
+    return load_clip(demo_clip_dir(arch=spec.removeprefix("demo:"), seed=seed))
   if spec.startswith("random:"):
     from ovs_jax.models.clip import CLIP
     from ovs_jax.models.clip_config import get_preset

@@ -21,9 +21,13 @@ def compute_dtype(name: str):
 
 
 def clip_from_config(config) -> CLIP:
-  """`config.clip.weights`: a weights path, or 'random' (random `config.clip.arch`, demos/tests)."""
+  """`config.clip.weights`: a weights path, 'random' (random `config.clip.arch`, tests) or 'demo'
+  (`config.clip.arch` pre-trained on the demo dataset, built and cached on first use)."""
   c, m = config.clip, config.model
   kw = dict(dtype=compute_dtype(m.dtype), scan=m.get("scan", False), remat=m.get("remat", False))
+  if c.weights == "demo":
+    from ovs_jax.demo_clip import demo_clip_dir
+    return load_clip(demo_clip_dir(arch=c.arch, seed=config.seed), **kw)
   if c.weights == "random":  # a preset, or the architecture a training run recorded
     arch = c.get("architecture")
     cfg = clip_config.from_hf_dict(arch.to_dict() if hasattr(arch, "to_dict") else arch) if arch else get_preset(c.arch)
