@@ -1,14 +1,21 @@
 """Seconds per MAFT+ training step (cdt_vitb, full size), split into its parts, on this machine.
 
-  python benchmarks/train_step.py [--size=640] [--batch=2] [--repeats=2] [--config_arg=]
+  python benchmarks/train_step.py [--size=640] [--batch=2] [--dtype=bfloat16] [--remat=auto]
+                                  [--repeats=2] [--config_arg=]
 
 Times (best of --repeats, after compilation) the whole jitted train step and, separately jitted,
 its parts: student backbone forward+backward, frozen teacher forward, pyramid + mask head
 forward+backward, Hungarian matching (all 10 prediction sets), and the losses. The backbone is also
 timed in PyTorch (transformers' CLIPVisionModel, same size, forward+backward) as the reference.
 Random weights; parts do not sum exactly to the step (XLA fuses across them).
+
+--remat: 'off' (the config as it is), 'on' (config.model.scan=remat=True: CLIP layers scanned and
+recomputed in the backward pass, and the head's pixel decoder too where the method passes `remat`
+on), or 'auto': 'off' if the compiled step fits in memory, else 'on'. "Fits" is judged before
+running, from XLA's memory_analysis of the compiled step; the numbers are printed.
 """
 import argparse
+import gc
 import os
 import sys
 
@@ -21,7 +28,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from configs.cdt_vitb import get_config
@@ -48,6 +54,53 @@ def torch_backbone(cfg, size, batch, repeats):
   return best_time(step, repeats)
 
 
+GiB = 2**30
+# Share of RAM the compiled step may need: the benchmark also holds a second copy of the train
+# state, the parts' outputs, and afterwards the PyTorch reference.
+MEMORY_FRACTION = 0.8
+
+
+def step_memory(compiled):
+  """(temp bytes, bytes of arguments and outputs) the compiled step needs, without running it."""
+  m = compiled.memory_analysis()
+  return m.temp_size_in_bytes, m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+
+
+def build(args, remat):
+  """Run (model, state, data) for the benchmark settings, one batch and the compiled train step."""
+  config = get_config(args.config_arg)
+  config.clip.weights = "random"
+  config.model.dtype = args.dtype
+  if remat:
+    config.model.update(scan=True, remat=True)
+  config.data.update(train="demo", val="demo", crop_size=args.size, worker_count=0)
+  config.train.batch_size = args.batch
+  config.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+  run = Run(config, "/tmp/ovs_jax_bench_train_step")
+  batch, _ = next(run.data)
+  return run, batch, run.train_step.lower(run.state, batch, run.context).compile()
+
+
+def choose(args):
+  """The first of the --remat settings whose compiled step fits in memory; prints why."""
+  ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  budget = MEMORY_FRACTION * ram
+  settings = {"off": [False], "on": [True], "auto": [False, True]}[args.remat]
+  lines = []
+  for remat in settings:
+    run, batch, compiled = build(args, remat)
+    temp, io = step_memory(compiled)
+    fits = temp + io <= budget
+    verdict = "used" if fits else "used anyway (none fits)" if remat == settings[-1] else "rejected"
+    lines.append(f"  remat {'on' if remat else 'off'}: temp {temp / GiB:.2f} GiB + state/batch "
+                 f"{io / GiB:.2f} GiB = {(temp + io) / GiB:.2f} GiB "
+                 f"{'<=' if fits else '>'} {budget / GiB:.1f} GiB -> {verdict}")
+    if verdict != "rejected":
+      return run, batch, compiled, remat, lines
+    del run, batch, compiled
+    gc.collect()  # Run holds reference cycles; free its state before building the next
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--size", type=int, default=640)
@@ -55,74 +108,80 @@ def main():
   p.add_argument("--repeats", type=int, default=2)
   p.add_argument("--config_arg", default="")
   p.add_argument("--dtype", default="bfloat16")
+  p.add_argument("--remat", default="auto", choices=("auto", "off", "on"))
   args = p.parse_args()
 
-  config = get_config(args.config_arg)
-  config.clip.weights = "random"
-  config.model.dtype = args.dtype
-  config.data.update(train="demo", val="demo", crop_size=args.size, worker_count=0)
-  config.train.batch_size = args.batch
-  config.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
-  run = Run(config, "/tmp/ovs_jax_bench_train_step")
-  batch, _ = next(run.data)
+  run, batch, step, remat, memory_lines = choose(args)
   text, index = run.context
   model = nnx.merge(run.graphdef, run.state["params"], run.state["frozen"])
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  merged = lambda p: nnx.merge(graphdef, p, rest)
   pixels = batch["image"]
   targets = maft_plus.targets_from_batch(batch)
   rng = jax.random.PRNGKey(0)
+  c = run.config.loss
   rows = []
+
+  def timed(name, f, *f_args):
+    """Times a part jitted on its inputs as arguments (closed-over arrays would be folded as
+    constants at compile time); records its XLA temp memory."""
+    compiled = jax.jit(f).lower(*f_args).compile()
+    seconds = best_time(lambda: compiled(*f_args), args.repeats)
+    rows.append((name, seconds, compiled.memory_analysis().temp_size_in_bytes))
 
   state = jax.tree.map(jnp.copy, run.state)  # the step donates its input
 
   def whole():
     nonlocal state
-    state, m = run.train_step(state, batch, run.context)
+    state, m = step(state, batch, run.context)
     return m["loss"]
-  rows.append(("whole train step", best_time(whole, args.repeats)))
+  rows.append(("whole train step", best_time(whole, args.repeats), step_memory(step)[0]))
 
-  def backbone_loss(p):
-    m = nnx.merge(graphdef, p, rest)
-    grid, dense = m.image_features(pixels)
+  def backbone_loss(p, x):
+    grid, dense = merged(p).image_features(x)
     return jnp.mean(grid.astype(jnp.float32) ** 2) + jnp.mean(dense.astype(jnp.float32) ** 2)
-  g = jax.jit(jax.grad(backbone_loss))
-  rows.append(("student backbone fwd+bwd", best_time(lambda: g(params), args.repeats)))
+  timed("student backbone fwd+bwd", jax.grad(backbone_loss), params, pixels)
 
-  t = jax.jit(lambda p: nnx.merge(graphdef, p, rest).teacher_dense(pixels))
-  rows.append(("teacher fwd (frozen)", best_time(lambda: t(params), args.repeats)))
+  teacher_fn = lambda p, x: merged(p).teacher_dense(x)
+  timed("teacher fwd (frozen)", teacher_fn, params, pixels)
 
-  grid, dense = jax.jit(lambda p: nnx.merge(graphdef, p, rest).image_features(pixels))(params)
+  grid, _ = jax.jit(lambda p, x: merged(p).image_features(x))(params, pixels)
 
-  def head_loss(p):
-    m = nnx.merge(graphdef, p, rest)
+  def head_loss(p, grid, text):
+    m = merged(p)
     out = m.head(m.pyramid(grid), lambda f: m.in_vocab(f, text))
     return sum(jnp.mean(s["pred_masks"].astype(jnp.float32) ** 2) + jnp.mean(s["pred_logits"] ** 2)
                for s in prediction_sets(out))
-  h = jax.jit(jax.grad(head_loss))
-  rows.append(("pyramid + mask head fwd+bwd", best_time(lambda: h(params), args.repeats)))
+  timed("pyramid + mask head fwd+bwd", jax.grad(head_loss), params, grid, text)
 
-  out = jax.jit(lambda p: nnx.merge(graphdef, p, rest)(pixels, text, index))(params)
+  out = jax.jit(lambda p, x, t, i: merged(p)(x, t, i))(params, pixels, text, index)
   sets = prediction_sets(out)
-  c = config.loss
-  match = jax.jit(lambda: [hungarian_matcher(rng, s["pred_logits"], s["pred_masks"], targets, c.num_points,
-                                             c.class_weight, c.mask_weight, c.dice_weight) for s in sets])
-  rows.append((f"Hungarian matching ({len(sets)} sets)", best_time(match, args.repeats)))
 
-  teacher = jax.jit(lambda p: nnx.merge(graphdef, p, rest).teacher_dense(pixels))(params)
+  def match(sets, targets, rng):
+    return [hungarian_matcher(rng, s["pred_logits"], s["pred_masks"], targets, c.num_points,
+                              c.class_weight, c.mask_weight, c.dice_weight) for s in sets]
+  timed(f"Hungarian matching ({len(sets)} sets)", match, sets, targets, rng)
 
-  def losses(o):
+  teacher = jax.jit(teacher_fn)(params, pixels)
+
+  def losses(o, targets, teacher, rng):
     return maft_plus.loss_terms(o, targets, teacher, rng, c)[0]
-  lg = jax.jit(jax.grad(losses))
-  rows.append(("losses fwd+bwd (incl. matching)", best_time(lambda: lg(out), args.repeats)))
+  timed("losses fwd+bwd (incl. matching)", jax.grad(losses), out, targets, teacher, rng)
 
   ref = torch_backbone(model.clip.config, args.size, args.batch, args.repeats)
+  m = run.config.model
   print(f"\nMAFT+ {args.config_arg or 'cdt_vitb'} train step, {args.size}x{args.size}, batch {args.batch}, "
-        f"{args.dtype} compute, {os.cpu_count()} CPU cores, jax {jax.__version__}")
-  print("| part | seconds | images/s |")
-  print("|---|---:|---:|")
-  for name, s in rows:
-    print(f"| {name} | {s:.2f} | {args.batch / s:.2f} |")
-  print(f"| reference: PyTorch CLIP ViT backbone fwd+bwd (fp32) | {ref:.2f} | {args.batch / ref:.2f} |")
+        f"{args.dtype} compute, remat {'on' if remat else 'off'} (model.scan={m.scan}, "
+        f"model.remat={m.remat}), {os.cpu_count()} CPU cores, jax {jax.__version__}")
+  # Other processes on the cores slow every row; the load (ours ≈ cores) shows if there were any.
+  print("load average 1/5/15 min at the end: " + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+  print(f"Peak memory of the compiled step (XLA memory_analysis), against {MEMORY_FRACTION:.0%} of RAM:")
+  print("\n".join(memory_lines))
+  print("| part | seconds | images/s | XLA temp GiB |")
+  print("|---|---:|---:|---:|")
+  for name, s, temp in rows:
+    print(f"| {name} | {s:.2f} | {args.batch / s:.2f} | {temp / GiB:.2f} |")
+  print(f"| reference: PyTorch CLIP ViT backbone fwd+bwd (fp32) | {ref:.2f} | {args.batch / ref:.2f} | – |")
 
 
 if __name__ == "__main__":

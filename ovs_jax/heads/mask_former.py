@@ -16,15 +16,19 @@ class MaskFormerHead(nnx.Module):
 
   Args:
     in_channels: {'res2': C2, 'res3': C3, 'res4': C4, 'res5': C5}.
+    remat: recompute the pixel decoder's encoder layers in the backward pass; they hold most of the
+      head's activations (deformable-attention samples), the masked-attention decoder far fewer.
   Defaults are the Mask2Former / cdt_vitb sizes.
   """
 
   def __init__(self, in_channels, *, num_queries=100, hidden_dim=256, mask_dim=256,
                enc_layers=6, enc_ffn_dim=1024, dec_layers=9, dec_ffn_dim=2048, num_heads=8,
-               num_points=4, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               num_points=4, remat=False, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.pixel_decoder = MSDeformAttnPixelDecoder(
-        in_channels, hidden_dim, mask_dim, enc_layers, enc_ffn_dim, num_heads, num_points, **kw)
+        in_channels, hidden_dim, mask_dim, enc_layers, enc_ffn_dim, num_heads, num_points,
+        remat=remat, **kw)
     self.predictor = MaskedAttentionDecoder(
         hidden_dim, hidden_dim, mask_dim, num_queries, dec_layers, num_heads, dec_ffn_dim, **kw)
 

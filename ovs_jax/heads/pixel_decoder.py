@@ -6,6 +6,7 @@ from flax import nnx
 
 from ovs_jax.heads.layers import conv, group_norm, layer_norm, linear, param
 from ovs_jax.heads.ms_deform_attn import MSDeformAttn
+from ovs_jax.heads.remat import remat_scan
 from ovs_jax.ops.position_encoding import sine_position_encoding
 
 LEVELS = ('res5', 'res4', 'res3')  # deformable encoder levels, coarse to fine
@@ -40,16 +41,17 @@ class MSDeformAttnPixelDecoder(nnx.Module):
   Args:
     in_channels: channels of the input levels, {'res2': C2, 'res3': C3, 'res4': C4, 'res5': C5}.
     conv_dim: encoder width (256); mask_dim: mask feature width (256).
+    remat: recompute the encoder layers in the backward pass (less memory, ~1 more forward).
   """
 
   def __init__(self, in_channels, conv_dim=256, mask_dim=256, num_layers=6, ffn_dim=1024,
-               num_heads=8, num_points=4, *, dtype=jnp.float32, param_dtype=jnp.float32,
-               rngs: nnx.Rngs):
+               num_heads=8, num_points=4, *, remat=False, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     missing = set(LEVELS + (FPN_LEVEL,)) - set(in_channels)
     if missing:
       raise ValueError(f'pixel decoder needs input levels {sorted(missing)}; got {sorted(in_channels)}')
-    self.dim = conv_dim
+    self.dim, self.remat = conv_dim, remat
     self.input_proj = nnx.List([
         nnx.Sequential(conv(in_channels[k], conv_dim, 1, **kw), group_norm(conv_dim, **kw))
         for k in LEVELS])
@@ -86,8 +88,11 @@ class MSDeformAttnPixelDecoder(nnx.Module):
                          -1).reshape(h * w, 2) for h, w in shapes]
     reference_points = jnp.broadcast_to(jnp.concatenate(centres)[None, :, None],
                                         (b, src.shape[1], len(LEVELS), 2))
-    for layer in self.layers:
-      src = layer(src, pos, reference_points, shapes)
+    if self.remat:
+      src = remat_scan(self.layers, src, pos, reference_points, shapes)
+    else:
+      for layer in self.layers:
+        src = layer(src, pos, reference_points, shapes)
     outs, start = [], 0
     for h, w in shapes:
       outs.append(src[:, start:start + h * w].reshape(b, h, w, self.dim))

@@ -1,0 +1,21 @@
+"""Rematerialised layer stacks: keep only each layer's input for the backward pass."""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def remat_scan(layers, x, *args):
+  """x -> layers[-1](... layers[0](x, *args) ..., *args), recomputing each layer in the backward pass.
+
+  The layers must share one structure. Their parameters are stacked on the fly (the parameter tree
+  and checkpoints keep one entry per layer) and run as a `lax.scan` of `jax.checkpoint`ed steps.
+  A scan rather than `nnx.remat` in a Python loop: XLA:CPU expands remat's CSE barriers early, so
+  unrolled recomputation is merged back into the forward pass and saves nothing.
+  """
+  graphdef, _ = nnx.split(layers[0])
+  stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(layer) for layer in layers])
+
+  @jax.checkpoint
+  def step(state, h):
+    return nnx.merge(graphdef, state)(h, *args)
+  return jax.lax.scan(lambda h, state: (step(state, h), None), x, stacked)[0]
