@@ -5,6 +5,7 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from ovs_jax import demo_clip
@@ -13,6 +14,15 @@ from ovs_jax.models.clip import CLIP
 from ovs_jax.models.clip_config import get_preset
 from ovs_jax.templates import get_templates
 from ovs_jax.tokenizer import tokenize
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """A cache dir holding the demo dataset (generated once for this module)."""
+  from input_pipeline.demo import demo_root
+  path = tmp_path_factory.mktemp("cache")
+  demo_root(str(path))
+  return path
 
 
 def test_synonym_ce_equals_numpy():
@@ -71,43 +81,42 @@ def test_crops_are_normalised_and_labelled():
   assert crop.shape == (5,) and patch.shape == (5, 2, 2) and set(np.unique(patch)) <= {-1, 0, 1}
 
 
-def test_pretraining_learns_and_the_cached_weights_reload(tmp_path, capsys):
+def test_pretraining_learns_and_the_cached_weights_reload(cache, capsys):
   from input_pipeline.demo import demo_root
   from input_pipeline.vocab import load_vocabulary
-  root = demo_root(str(tmp_path), num_train=400)
   vocabulary = load_vocabulary("demo")
-  images, labels = demo_clip._read_split(root, "train")
+  images, labels = demo_clip._read_split(demo_root(str(cache)), "train")
   losses = []
-  model, last = demo_clip.pretrain(images[:64], labels[:64], vocabulary, steps=60, batch=16,
+  model, last = demo_clip.pretrain(images[:64], labels[:64], vocabulary, steps=50,
                                    log=lambda i, l: losses.append(l["loss"]))
-  assert len(losses) == 60 and last["loss"] == losses[-1]
+  assert len(losses) == 50 and last["loss"] == losses[-1]
   assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10]), losses
 
-  path = demo_clip.demo_clip_dir(str(tmp_path), steps=2)
+  path = demo_clip.demo_clip_dir(str(cache), steps=2)
   assert "zero-shot patch accuracy" in capsys.readouterr().out
   info = json.loads(open(os.path.join(path, "done.json")).read())
   assert info["steps"] == 2 and 0 <= info["val_patch_accuracy"] <= 1
-  assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]  # the temp dir was renamed away
+  assert not [n for n in os.listdir(cache) if ".tmp" in n]  # the temp dir was renamed away
   loaded = load_clip(path)
   ids = jnp.asarray(tokenize(["a photo of a sky."]))
-  again = demo_clip.demo_clip_dir(str(tmp_path), steps=2)  # cached: no second training
+  again = demo_clip.demo_clip_dir(str(cache), steps=2)  # cached: no second training
   assert again == path and "zero-shot" not in capsys.readouterr().out
   np.testing.assert_allclose(np.asarray(load_clip(again).get_text_features(ids)),
                              np.asarray(loaded.get_text_features(ids)), atol=0)
   assert jax.tree.leaves(nnx.state(loaded, nnx.Param))
 
 
-def test_demo_weights_in_configs_and_specs_load_the_cached_clip(tmp_path, monkeypatch):
+def test_demo_weights_in_configs_and_specs_load_the_cached_clip(cache, monkeypatch):
   """`config.clip.weights="demo"` (the demo recipe) and `--clip=demo:tiny` read the cached CLIP."""
   from configs.cdt_vitb import get_config
   from ovs_jax.inference.maskclip import clip_from_spec
   from ovs_jax.methods.common import clip_from_config
   build = demo_clip.demo_clip_dir
   monkeypatch.setattr(demo_clip, "demo_clip_dir",
-                      lambda arch, seed: build(str(tmp_path), arch=arch, seed=seed, steps=1))
+                      lambda arch, seed: build(str(cache), arch=arch, seed=seed, steps=1))
   config = get_config("demo")
   assert config.clip.weights == "demo"
   ids = jnp.asarray(tokenize(["a photo of a ball."]))
-  want = load_clip(build(str(tmp_path), steps=1)).get_text_features(ids)
+  want = load_clip(build(str(cache), steps=1)).get_text_features(ids)
   for model in (clip_from_config(config), clip_from_spec("demo:tiny")):
     np.testing.assert_array_equal(np.asarray(model.get_text_features(ids)), np.asarray(want))
