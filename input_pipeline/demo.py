@@ -8,13 +8,12 @@ in the `demo` folder layout under the cache dir ($OVS_JAX_CACHE or ~/.cache/ovs_
 """
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 
 from input_pipeline import datasets
+from input_pipeline.cached import build_once
 from input_pipeline.folder import FolderSource
 
 VERSION = 1  # bump when the generator changes, so stale caches are not reused
@@ -165,20 +164,7 @@ def demo_root(cache_dir: str | None = None, seed: int = 0, num_train: int = 400,
   """Generates the demo dataset on first use (atomically, safe across processes); its root."""
   name = f"demo-v{VERSION}-seed{seed}-{num_train}x{num_val}-{hw[0]}x{hw[1]}"
   path = os.path.join(cache_root(cache_dir), name)
-  if os.path.isfile(os.path.join(path, "done.json")):
-    return path
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=name + ".tmp", dir=os.path.dirname(path))
-  try:
-    _generate(tmp, seed, {"train": num_train, "val": num_val}, tuple(hw))
-    try:
-      os.rename(tmp, path)
-    except OSError:  # another process finished first; its copy is identical
-      if not os.path.isfile(os.path.join(path, "done.json")):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return path
+  return build_once(path, lambda tmp: _generate(tmp, seed, {"train": num_train, "val": num_val}, tuple(hw)))
 
 
 def demo_dataset(split: str, cache_dir: str | None = None, *, seed: int = 0, num_train: int = 400,

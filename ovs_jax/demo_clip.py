@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -155,14 +153,17 @@ def _read_split(root, split):
 
 def demo_clip_dir(cache_dir: str | None = None, arch: str = "tiny", seed: int = 0, steps: int = 300) -> str:
   """The pre-trained demo CLIP (our orbax format), built on first use, written atomically."""
-  from tqdm.auto import tqdm
+  from input_pipeline.cached import build_once
   from input_pipeline.demo import cache_root, demo_root
+  path = os.path.join(cache_root(cache_dir), f"demo_clip-v{VERSION}-{arch}-seed{seed}-{steps}steps")
+  return build_once(path, lambda tmp: _build(tmp, demo_root(cache_dir), arch, seed, steps))
+
+
+def _build(out, data, arch, seed, steps):
+  """Pre-trains on the demo train split, reports val patch accuracy, writes `out` (done.json last)."""
+  from tqdm.auto import tqdm
   from input_pipeline.vocab import load_vocabulary
   from ovs_jax.interchange.clip_weights import save_orbax_clip
-  path = os.path.join(cache_root(cache_dir), f"demo_clip-v{VERSION}-{arch}-seed{seed}-{steps}steps")
-  if os.path.isfile(os.path.join(path, "done.json")):
-    return path
-  data = demo_root(cache_dir)
   vocabulary = load_vocabulary("demo")
   images, labels = _read_split(data, "train")
   bar = tqdm(total=steps, desc="pre-training the demo CLIP (once; cached)", unit="step")
@@ -175,18 +176,7 @@ def demo_clip_dir(cache_dir: str | None = None, arch: str = "tiny", seed: int = 
   accuracy = patch_accuracy(model, *_read_split(data, "val"), vocabulary)
   print(f"demo CLIP: zero-shot patch accuracy on demo val {100 * accuracy:.1f}% "
         f"(chance {100 / len(vocabulary):.0f}%)", flush=True)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=os.path.basename(path) + ".tmp", dir=os.path.dirname(path))
-  try:
-    save_orbax_clip(model, tmp)
-    with open(os.path.join(tmp, "done.json"), "w") as f:
-      json.dump({"version": VERSION, "steps": steps, "final_losses": losses,
-                 "val_patch_accuracy": accuracy}, f)
-    try:
-      os.rename(tmp, path)
-    except OSError:  # another process finished first; its copy is identical
-      if not os.path.isfile(os.path.join(path, "done.json")):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-  return path
+  save_orbax_clip(model, out)
+  with open(os.path.join(out, "done.json"), "w") as f:
+    json.dump({"version": VERSION, "steps": steps, "final_losses": losses,
+               "val_patch_accuracy": accuracy}, f)
