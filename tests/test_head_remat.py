@@ -70,3 +70,32 @@ def test_mask_former_head_threads_remat_to_the_pixel_decoder():
   head = nnx.eval_shape(lambda: MaskFormerHead(SimpleFeaturePyramid.channels(DIM), hidden_dim=DIM,
                                                remat=True, rngs=nnx.Rngs(0)))
   assert head.pixel_decoder.remat
+
+
+def test_maft_plus_with_remat_has_the_same_loss_and_gradients(tmp_path):
+  """`config.model.remat` (CLIP layers + pixel decoder) on the whole MAFT+ training loss."""
+  import sys
+  import os
+  sys.path.insert(0, os.path.dirname(__file__))
+  from trainer_helpers import tiny_config
+  from ovs_jax.methods import maft_plus
+  from ovs_jax.trainer import Run
+  run = Run(tiny_config(model__enc_layers=2, model__dtype="float32"), tmp_path)
+  batch, _ = next(run.data)
+  text, index = run.context
+  state = (run.state["params"], run.state["frozen"])
+  remat_model = maft_plus.build_model(tiny_config(model__enc_layers=2, model__dtype="float32",
+                                                  model__remat=True))
+  results = []
+  for model in (nnx.merge(run.graphdef, *state), remat_model):
+    nnx.update(model, *state)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params):
+      return maft_plus.loss_fn(nnx.merge(graphdef, params, rest), batch, jax.random.PRNGKey(0), text,
+                               index, run.config.loss)[0]
+    results.append(jax.jit(jax.value_and_grad(loss))(params))
+  (l0, g0), (l1, g1) = results
+  np.testing.assert_allclose(float(l1), float(l0), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=2e-3, atol=1e-5)

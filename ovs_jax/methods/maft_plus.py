@@ -48,7 +48,7 @@ class MAFTPlus(nnx.Module):
                                hidden_dim=c.hidden_dim, mask_dim=c.hidden_dim, enc_layers=c.enc_layers,
                                enc_ffn_dim=c.enc_ffn_dim, dec_layers=c.dec_layers,
                                dec_ffn_dim=c.dec_ffn_dim, num_heads=c.num_heads,
-                               num_points=c.deform_points, **kw)
+                               num_points=c.deform_points, remat=c.get("remat", False), **kw)
     self.in_vocab = CosineClassifier(c.hidden_dim, dim, **kw)
     self.cdt = ContentDependentTransfer(dim, c.cdt_heads, c.cdt_mode, **kw)
 
