@@ -6,7 +6,7 @@ r"""MAFT+ with a CLIP ViT-B/16 (Content-Dependent Transfer + Representation Comp
 
 Recipe (paper, adapted to ViT-B/16): COCO-Stuff-171 train, batch 8, 60k steps, AdamW 1e-4 with
 backbone x0.1, weight decay 2e-5, poly 0.9, no warmup, global-norm clip 0.01, 100 queries,
-bfloat16 compute. Variants: `:demo` (embedded demo data, small random CLIP, ~5 min on 2 CPU cores),
+bfloat16 compute. Variants: `:demo` (embedded demo data, tiny demo CLIP, ~6.5 min on 2 CPU cores),
 `:panoptic` (CDT in its panoptic form).
 """
 import ml_collections
