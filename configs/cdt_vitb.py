@@ -28,8 +28,8 @@ def get_config(arg: str = ""):
   )
   c.model = dict(num_queries=100, hidden_dim=256, enc_layers=6, enc_ffn_dim=1024, dec_layers=9,
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, cdt_heads=8, cdt_mode="semantic",
-                 # remat recomputes CLIP and pixel-decoder layers in the backward pass; on
-                 # XLA:CPU it only takes effect together with scan (see README, Memory).
+                 # remat recomputes CLIP and pixel-decoder layers in the backward pass
+                 # (less memory, about one more forward; see README, Memory).
                  dtype="bfloat16", scan=False, remat=False,
                  # Inference: "none" = MAFT+ (out-of-vocab class probabilities x (1 - p_void));
                  # "geometric" = FC-CLIP's ensemble with the in-vocab head (alpha seen, beta unseen).

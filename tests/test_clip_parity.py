@@ -91,12 +91,14 @@ def test_scan_and_remat_give_the_same_outputs_and_bf16_stays_close():
   hf = random_hf_clip(small_hf_config(layers=3))
   pixels, ids = random_inputs()
   plain = _outputs(ours_from_hf(hf), pixels, ids)
-  scanned = _outputs(ours_from_hf(hf, scan=True, remat=True), pixels, ids)
-  for a, b in zip(plain, scanned):
-    np.testing.assert_allclose(a, b, atol=1e-6)
+  for kw in (dict(scan=True, remat=True), dict(remat=True)):
+    for a, b in zip(plain, _outputs(ours_from_hf(hf, **kw), pixels, ids)):
+      np.testing.assert_allclose(a, b, atol=1e-6, err_msg=str(kw))
+  remat_maskclip = ours_from_hf(hf, remat=True).dense_features(jnp.asarray(nhwc(pixels)), maskclip=True)
   scanned_maskclip = ours_from_hf(hf, scan=True).dense_features(jnp.asarray(nhwc(pixels)), maskclip=True)
   plain_maskclip = ours_from_hf(hf).dense_features(jnp.asarray(nhwc(pixels)), maskclip=True)
   np.testing.assert_allclose(scanned_maskclip, plain_maskclip, atol=1e-6)
+  np.testing.assert_allclose(remat_maskclip, plain_maskclip, atol=1e-6)
   bf16 = _outputs(ours_from_hf(hf, dtype=jnp.bfloat16), pixels, ids)
   for a, b in zip(plain[:2], bf16[:2]):
     cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
@@ -105,12 +107,15 @@ def test_scan_and_remat_give_the_same_outputs_and_bf16_stays_close():
 
 def test_gradients_flow_through_scanned_remat_towers():
   hf = random_hf_clip(small_hf_config(layers=2))
-  model = ours_from_hf(hf, scan=True, remat=True)
   pixels, ids = random_inputs()
-  graphdef, state = nnx.split(model)
+  grads = {}
+  for name, kw in (("plain", {}), ("scan+remat", dict(scan=True, remat=True)), ("remat", dict(remat=True))):
+    graphdef, state = nnx.split(ours_from_hf(hf, **kw))
 
-  def loss(state):
-    return nnx.merge(graphdef, state)(jnp.asarray(nhwc(pixels)), jnp.asarray(ids)).sum()
-  grads = jax.grad(loss)(state)
-  norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads)]
+    def loss(state):
+      return nnx.merge(graphdef, state)(jnp.asarray(nhwc(pixels)), jnp.asarray(ids)).sum()
+    grads[name] = jax.grad(loss)(state)
+  norms = [float(jnp.abs(g).sum()) for g in jax.tree.leaves(grads["scan+remat"])]
   assert all(n > 0 for n in norms)
+  for a, b in zip(jax.tree.leaves(grads["plain"]), jax.tree.leaves(grads["remat"])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5)

@@ -56,7 +56,7 @@ def test_remat_gives_the_same_outputs_and_gradients():
 
 def test_remat_lowers_the_backward_pass_memory():
   # Without remat the backward pass keeps every layer's deformable-attention samples; with it, one
-  # layer's at a time. A Python-loop `nnx.remat` would fail here on XLA:CPU (see heads/remat.py).
+  # layer's at a time. A Python-loop `nnx.remat` would fail here on XLA:CPU (see ops/remat.py).
   features = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _features(16))
 
   def temp_bytes(remat):

@@ -6,7 +6,7 @@ from flax import nnx
 
 from ovs_jax.heads.layers import conv, group_norm, layer_norm, linear, param
 from ovs_jax.heads.ms_deform_attn import MSDeformAttn
-from ovs_jax.heads.remat import remat_scan
+from ovs_jax.ops.remat import remat_scan
 from ovs_jax.ops.position_encoding import sine_position_encoding
 
 LEVELS = ('res5', 'res4', 'res3')  # deformable encoder levels, coarse to fine

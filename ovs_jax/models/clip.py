@@ -13,6 +13,7 @@ from flax import nnx
 
 from ovs_jax.models.clip_config import CLIPConfig, TowerConfig
 from ovs_jax.models.pos_embed import resample_position_embedding
+from ovs_jax.ops.remat import remat_scan
 from ovs_jax.sharding import constrain_batch
 
 _normal = nnx.initializers.normal(0.02)
@@ -108,12 +109,17 @@ class Encoder(nnx.Module):
     """(B, T, D) -> (B, T, D); with `maskclip_last` the last block uses the value path only."""
     def block(layer, h, maskclip=False):
       return layer(h, causal=causal, maskclip=maskclip)
+    if not self.scan:
+      layers = list(self.layers)
+      last = layers.pop() if maskclip_last else None
+      if self.remat and layers:  # scanned: XLA:CPU undoes remat in an unrolled loop (ops/remat.py)
+        x = remat_scan(layers, x, causal=causal)
+      else:
+        for layer in layers:
+          x = block(layer, x)
+      return x if last is None else block(last, x, True)
     if self.remat:
       block = nnx.remat(block, static_argnums=(2,))
-    if not self.scan:
-      for i, layer in enumerate(self.layers):
-        x = block(layer, x, maskclip_last and i == len(self.layers) - 1)
-      return x
     graphdef, state = nnx.split(self.layers)
     def body(h, layer_state):
       return block(nnx.merge(graphdef, layer_state), h), None

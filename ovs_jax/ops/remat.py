@@ -4,8 +4,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 
-def remat_scan(layers, x, *args):
-  """x -> layers[-1](... layers[0](x, *args) ..., *args), recomputing each layer in the backward pass.
+def remat_scan(layers, x, *args, **kwargs):
+  """x -> layers[-1](... layers[0](x, *args, **kwargs) ...), recomputing each layer in the backward pass.
 
   The layers must share one structure. Their parameters are stacked on the fly (the parameter tree
   and checkpoints keep one entry per layer) and run as a `lax.scan` of `jax.checkpoint`ed steps.
@@ -17,5 +17,5 @@ def remat_scan(layers, x, *args):
 
   @jax.checkpoint
   def step(state, h):
-    return nnx.merge(graphdef, state)(h, *args)
+    return nnx.merge(graphdef, state)(h, *args, **kwargs)
   return jax.lax.scan(lambda h, state: (step(state, h), None), x, stacked)[0]
