@@ -64,8 +64,9 @@ def synonym_layout(vocabulary: list[list[str]]) -> tuple[list[str], np.ndarray]:
 
 
 def text_tower_fingerprint(model) -> str:
-  """Hash of the parameters that produce text embeddings (text tower + text projection)."""
-  h = hashlib.sha256()
+  """Hash of what produces text embeddings: text-tower config (pooling depends on its eos id) and
+  the parameters of the text tower and text projection."""
+  h = hashlib.sha256(repr(model.config.text).encode())
   for part in (model.text_model, model.text_projection):
     for leaf in jax.tree.leaves(nnx.to_pure_dict(nnx.state(part, nnx.Param))):
       h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())

@@ -192,8 +192,16 @@ class TextTransformer(nnx.Module):
   def __call__(self, ids):
     """(B, L) int ids -> (token states (B, L, D), pooled EOT state (B, D))."""
     x = self.final_layer_norm(self.encoder(self.embeddings(ids), causal=True))
-    eot = jnp.argmax(ids == self.eos_token_id, axis=-1)  # first end-of-text token
-    return x, jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
+    return x, jnp.take_along_axis(x, eot_position(ids, self.eos_token_id)[:, None, None], axis=1)[:, 0]
+
+
+def eot_position(ids, eos_token_id: int):
+  """(B, L) ids -> (B,) index of the pooled end-of-text token, exactly as transformers' CLIP:
+  the legacy eos id 2 (OpenAI checkpoints on the hub) pools at argmax(ids), EOT having the highest
+  id; any other eos id pools at its first occurrence."""
+  if eos_token_id == 2:
+    return jnp.argmax(ids, axis=-1)
+  return jnp.argmax(ids == eos_token_id, axis=-1)
 
 
 class CLIP(nnx.Module):

@@ -25,7 +25,11 @@ class TowerConfig:
   # Text only.
   vocab_size: int = 49408
   max_position_embeddings: int = 77
+  # Special ids as HF `text_config` carries them. The OpenAI checkpoints on the hub keep the legacy
+  # bos 0 / eos 2 / pad 1; with eos 2 transformers pools at argmax(ids) (EOT has the highest id).
   eos_token_id: int = 49407
+  bos_token_id: int = 49406
+  pad_token_id: int = 1
 
   @property
   def head_dim(self) -> int:
@@ -47,7 +51,8 @@ class CLIPConfig:
 _VISION_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                 "hidden_act", "layer_norm_eps", "image_size", "patch_size")
 _TEXT_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-              "hidden_act", "layer_norm_eps", "vocab_size", "max_position_embeddings", "eos_token_id")
+              "hidden_act", "layer_norm_eps", "vocab_size", "max_position_embeddings", "eos_token_id",
+              "bos_token_id", "pad_token_id")
 SUPPORTED_ACTS = ("quick_gelu", "gelu")
 
 
@@ -58,8 +63,9 @@ def _tower(d: dict[str, Any], keys, where: str) -> TowerConfig:
       if len(set(kw[k])) != 1:
         raise ValueError(f"{where}.{k}={kw[k]}: only square images and patches are supported")
       kw[k] = kw[k][0]
-  if isinstance(kw.get("eos_token_id"), list):
-    kw["eos_token_id"] = kw["eos_token_id"][0]
+  for k in ("eos_token_id", "bos_token_id", "pad_token_id"):
+    if isinstance(kw.get(k), list):
+      kw[k] = kw[k][0]
   act = kw.get("hidden_act", "quick_gelu")
   if act not in SUPPORTED_ACTS:
     raise ValueError(f"{where}.hidden_act={act!r}: expected one of {SUPPORTED_ACTS}")
