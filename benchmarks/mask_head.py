@@ -48,7 +48,7 @@ class Model(nnx.Module):
     self.classifier = CosineClassifier(256, 512, dtype=dtype, rngs=rngs)
 
   def __call__(self, vit_map, text):
-    return self.head(self.pyramid(vit_map), classify=lambda f: self.classifier(f, text))
+    return self.head(self.pyramid(vit_map), classify=lambda s, _: self.classifier(s['class_features'], text))
 
 
 def torch_msda(value, shapes, loc, weights):

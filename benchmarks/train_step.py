@@ -138,21 +138,22 @@ def main():
   rows.append(("whole train step", best_time(whole, args.repeats), step_memory(step)[0]))
 
   def backbone_loss(p, x):
-    grid, dense = merged(p).image_features(x)
-    return jnp.mean(grid.astype(jnp.float32) ** 2) + jnp.mean(dense.astype(jnp.float32) ** 2)
+    m = merged(p)
+    trunk = m.trunk_features(x)
+    return jnp.mean(trunk.astype(jnp.float32) ** 2) + jnp.mean(m.clip.image_head(trunk).astype(jnp.float32) ** 2)
   timed("student backbone fwd+bwd", jax.grad(backbone_loss), params, pixels)
 
-  teacher_fn = lambda p, x: merged(p).teacher_dense(x)
+  teacher_fn = lambda p, x: merged(p).teacher_trunk(x)
   timed("teacher fwd (frozen)", teacher_fn, params, pixels)
 
-  grid, _ = jax.jit(lambda p, x: merged(p).image_features(x))(params, pixels)
+  grid = jax.jit(lambda p, x: merged(p).trunk_features(x))(params, pixels)
 
-  def head_loss(p, grid, text):
+  def head_loss(p, grid, text, index):
     m = merged(p)
-    out = m.head(m.pyramid(grid), lambda f: m.in_vocab(f, text))
+    out = m.head(m.pyramid(grid), lambda s, f: m.in_vocab_logits(s, f, text, index))
     return sum(jnp.mean(s["pred_masks"].astype(jnp.float32) ** 2) + jnp.mean(s["pred_logits"] ** 2)
                for s in prediction_sets(out))
-  timed("pyramid + mask head fwd+bwd", jax.grad(head_loss), params, grid, text)
+  timed("pyramid + mask head fwd+bwd", jax.grad(head_loss), params, grid, text, index)
 
   out = jax.jit(lambda p, x, t, i: merged(p)(x, t, i))(params, pixels, text, index)
   sets = prediction_sets(out)

@@ -80,7 +80,7 @@ def jax_scores(model, pixels, text, index):
   @jax.jit
   def run(state, pixels):
     out = nnx.merge(graphdef, state)(pixels, text, index)
-    return maft_plus.semantic_scores(out, pixels.shape[1:3]), out["dense"]
+    return maft_plus.semantic_scores(out, pixels.shape[1:3]), out["trunk"]
   return [np.asarray(a) for a in run(state, pixels)]
 
 
@@ -89,7 +89,7 @@ def torch_scores(tmodel, pixels, text, index):
     out = tmodel(torch.from_numpy(pixels).permute(0, 3, 1, 2), torch.as_tensor(text),
                  torch.as_tensor(index, dtype=torch.long))
     scores = tmodel.semantic_scores(out, pixels.shape[1:3])
-  return scores.permute(0, 2, 3, 1).numpy(), out["dense"].numpy()
+  return scores.permute(0, 2, 3, 1).numpy(), out["trunk"].numpy()
 
 
 def demo_config():
@@ -144,13 +144,12 @@ def test_torch_module_matches_jax_scores_and_hf_clip(demo):
   np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
   np.testing.assert_allclose(tdense, dense, atol=1e-4, rtol=0)
 
-  # The HF directory: same dense image features (transformers' own ViT) and text classifier.
+  # The HF directory: same trunk features (transformers' own ViT) and text classifier.
   hf = CLIPModel.from_pretrained(out / "clip").eval()
   with torch.no_grad():
     tokens = hf.vision_model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2),
-                             interpolate_pos_encoding=True).last_hidden_state[:, 1:]
-    hf_dense = hf.visual_projection(hf.vision_model.post_layernorm(tokens)).numpy()
-  np.testing.assert_allclose(hf_dense.reshape(dense.shape), dense, atol=1e-4, rtol=0)
+                             interpolate_pos_encoding=True).last_hidden_state[:, 1:].numpy()
+  np.testing.assert_allclose(tokens.reshape(dense.shape), dense, atol=1e-4, rtol=0)
   vocab = json.loads((out / "config.json").read_text())["text_classifier"]["synonyms"]
   hf_text, hf_index = build_text_classifier(hf, vocab, get_templates("vild"), tokenize)
   np.testing.assert_array_equal(hf_index.numpy(), index.numpy())

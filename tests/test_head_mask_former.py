@@ -20,7 +20,7 @@ class _Model(nnx.Module):
     self.classifier = CosineClassifier(head_kw.get('hidden_dim', 256), embed_dim, rngs=rngs)
 
   def __call__(self, vit_map, text_classifier):
-    return self.head(self.pyramid(vit_map), classify=lambda f: self.classifier(f, text_classifier))
+    return self.head(self.pyramid(vit_map), classify=lambda s, _: self.classifier(s['class_features'], text_classifier))
 
 
 TINY = dict(num_queries=6, hidden_dim=32, mask_dim=16, enc_layers=1, enc_ffn_dim=32, dec_layers=3,

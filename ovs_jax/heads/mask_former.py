@@ -35,7 +35,9 @@ class MaskFormerHead(nnx.Module):
   def __call__(self, features, classify=None):
     """Args:
       features: {'res2': (B, H/4, W/4, C2), 'res3': /8, 'res4': /16, 'res5': /32}.
-      classify: optional callable (B, Q, hidden_dim) -> (B, Q, K+1) logits, applied to every set.
+      classify: optional callable (prediction set, mask_features) -> (B, Q, K+1) logits, applied
+        to every set; a set holds 'class_features' and 'pred_masks' (FC-CLIP's classifier also
+        mask-pools the mask features).
     Returns:
       {'class_features': (B, Q, hidden_dim), 'pred_masks': (B, Q, H/4, W/4),
        ['pred_logits': (B, Q, K+1),] 'aux': [the same for the initial queries and layers 1..L-1]}.
@@ -43,7 +45,7 @@ class MaskFormerHead(nnx.Module):
     mask_features, multi_scale = self.pixel_decoder(features)
     sets = self.predictor(multi_scale, mask_features)
     if classify is not None:
-      sets = [dict(s, pred_logits=classify(s['class_features'])) for s in sets]
+      sets = [dict(s, pred_logits=classify(s, mask_features)) for s in sets]
     return dict(sets[-1], aux=sets[:-1])
 
 

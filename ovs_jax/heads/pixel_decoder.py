@@ -7,16 +7,11 @@ from flax import nnx
 from ovs_jax.heads.layers import conv, group_norm, layer_norm, linear, param
 from ovs_jax.heads.ms_deform_attn import MSDeformAttn
 from ovs_jax.ops.remat import remat_scan
+from ovs_jax.ops.resize import resize
 from ovs_jax.ops.position_encoding import sine_position_encoding
 
 LEVELS = ('res5', 'res4', 'res3')  # deformable encoder levels, coarse to fine
 FPN_LEVEL = 'res2'
-
-
-def resize(x, height, width):
-  """Bilinear NHWC resize with half-pixel centres, no antialiasing (torch `interpolate`)."""
-  b, _, _, c = x.shape
-  return jax.image.resize(x, (b, height, width, c), 'linear', antialias=False)
 
 
 class DeformableEncoderLayer(nnx.Module):

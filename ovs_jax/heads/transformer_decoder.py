@@ -4,7 +4,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ovs_jax.heads.layers import MLP, conv, layer_norm, linear, param
-from ovs_jax.heads.pixel_decoder import resize
+from ovs_jax.ops.resize import resize
 from ovs_jax.ops.position_encoding import sine_position_encoding
 
 

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ovs_jax.losses.representation_compensation import smooth_l1
+from ovs_jax.ops.resize import resize_nchw
 
 
 def mask_aware_loss(class_logits, pred_masks, targets):
@@ -38,7 +39,7 @@ def mask_aware_loss(class_logits, pred_masks, targets):
   # Soft IoU of σ(mask) bilinearly resized to the GT size (sigmoid first, as MAFT+), stop-gradient.
   m = jax.nn.sigmoid(jax.lax.stop_gradient(pred_masks).astype(jnp.float32))
   if m.shape[-2:] != (hh, ww):
-    m = jax.image.resize(m, (b, q, hh, ww), 'linear', antialias=False)
+    m = resize_nchw(m, hh, ww)
   m = m.reshape(b, q, hh * ww)
   g = gt.reshape(b, -1, hh * ww).astype(jnp.float32)
   inter = jnp.einsum('bqp,btp->btq', m, g)

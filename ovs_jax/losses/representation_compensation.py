@@ -6,6 +6,8 @@ form of PLOP) of the student and teacher dense maps, as in MAFT+ `representation
 import jax
 import jax.numpy as jnp
 
+from ovs_jax.ops.resize import resize
+
 
 def smooth_l1(x, y, beta=1.0):
   """Elementwise SmoothL1 (Huber / β): 0.5·d²/β where |d| < β, else |d| − 0.5·β."""
@@ -32,7 +34,7 @@ def pod_descriptor(x, scales=(1, 2, 4)):
   x = x.astype(jnp.float32)
   side = max(h, w)
   if h != w:
-    x = jax.image.resize(x, (b, side, side, c), 'linear', antialias=False)
+    x = resize(x, side, side)
   out = []
   for s in scales:
     k = w // s

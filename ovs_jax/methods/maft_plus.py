@@ -1,13 +1,21 @@
 """MAFT+ (Jiao et al. 2024): collaborative vision-text optimisation on a CLIP + Mask2Former model.
 
-* The CLIP image tower is fine-tuned (lr ×0.1) and feeds the mask head through a simple feature
-  pyramid; the text tower, logit scale and CLIP head (post-LN, projection) stay frozen.
-* In-vocabulary classifier: query features -> MLP -> cosine with the text classifier (+ void).
-* Out-of-vocabulary classifier: each query's binarised mask average-pools the dense CLIP map;
-  cosine with the *Content-Dependent Transfer* classifier (text rows attend to the image).
-* *Representation Compensation*: a frozen copy of the initial image tower is the teacher of a
-  POD SmoothL1 loss on dense maps; plus the mask-aware loss on out-of-vocabulary scores.
-Inference fuses the in-vocab void probability with out-of-vocab class probabilities.
+Follows the official MAFT-Plus code (`maft/maft_plus.py`, FC-CLIP's decoder
+`maft/modeling/transformer_decoder/fcclip_transformer_decoder.py`, `maft/modeling/maft/*.py`):
+* The CLIP image tower's *trunk* features (before the CLIP head: post-LN, projection) feed the mask
+  head through a simple feature pyramid **detached**: the mask-classification losses never reach CLIP.
+  CLIP is fine-tuned (lr ×0.1) only by the mask-aware loss and Representation Compensation; text
+  tower, logit scale and CLIP head stay frozen.
+* In-vocabulary classifier (FC-CLIP): MLP(decoder output + Linear(LN(mask-pool(mask features))))
+  -> cosine with [text classifier; void], every prediction set.
+* Out-of-vocabulary classifier: each final mask (binarised) average-pools the trunk features, *then*
+  the CLIP head embeds the pooled vector; cosine with the *Content-Dependent Transfer* classifier
+  (text rows attend to the dense CLIP map).
+* *Representation Compensation*: POD SmoothL1 between the trunk features of the student and of a
+  frozen copy of the initial tower; plus the mask-aware loss on out-of-vocabulary scores.
+The official code runs the student twice in training (once detached for the head, once for the
+CLIP-side losses); one forward with a stop-gradient on the head's copy gives the same values and
+gradients.
 """
 from __future__ import annotations
 
@@ -19,12 +27,14 @@ from flax import nnx
 from ovs_jax.heads.cdt import ContentDependentTransfer
 from ovs_jax.heads.cosine_classifier import CosineClassifier
 from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
+from ovs_jax.heads.layers import layer_norm, linear
 from ovs_jax.heads.mask_former import MaskFormerHead, prediction_sets
-from ovs_jax.heads.pixel_decoder import resize
 from ovs_jax.losses.mask_aware import mask_aware_loss
 from ovs_jax.losses.representation_compensation import representation_compensation_loss
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
 from ovs_jax.models.clip import CLIP, l2_normalize
+from ovs_jax.ops.mask_pooling import mask_pool
+from ovs_jax.ops.resize import resize_nchw
 from ovs_jax.text_classifier import max_over_synonyms
 
 # Parameters that never train (regexes over 'a/b/c' paths), as in the paper's recipe.
@@ -49,29 +59,34 @@ class MAFTPlus(nnx.Module):
                                enc_ffn_dim=c.enc_ffn_dim, dec_layers=c.dec_layers,
                                dec_ffn_dim=c.dec_ffn_dim, num_heads=c.num_heads,
                                num_points=c.deform_points, remat=c.get("remat", False), **kw)
+    # FC-CLIP's `_mask_pooling_proj` (LayerNorm, Linear) and `class_embed` + void + scale.
+    self.mask_pooling_norm = layer_norm(c.hidden_dim, **kw)
+    self.mask_pooling_proj = linear(c.hidden_dim, c.hidden_dim, ("embed", "mlp"), **kw)
     self.in_vocab = CosineClassifier(c.hidden_dim, dim, **kw)
     self.cdt = ContentDependentTransfer(dim, c.cdt_heads, c.cdt_mode, **kw)
 
-  def image_features(self, pixels):
-    """(B, H, W, 3) -> (patch tokens (B, h, w, width) for the mask head, dense CLIP map (B, h, w, D))."""
+  def trunk_features(self, pixels):
+    """(B, H, W, 3) -> the student's trunk patch tokens (B, h, w, width), before the CLIP head."""
     tokens, (h, w) = self.clip.vision_model(pixels)
-    grid = tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
-    return grid, self.clip.image_head(grid)
+    return tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
 
-  def teacher_dense(self, pixels):
-    """Dense CLIP map of the frozen initial tower (the RC teacher), no gradient."""
+  def teacher_trunk(self, pixels):
+    """Trunk features of the frozen initial tower (the RC teacher), no gradient."""
     tokens, (h, w) = self.teacher(pixels)
-    grid = tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
-    return jax.lax.stop_gradient(self.clip.image_head(grid))
+    return jax.lax.stop_gradient(tokens[:, 1:].reshape(tokens.shape[0], h, w, -1))
 
-  def out_of_vocab_logits(self, dense, pred_masks, text, synonym_index):
-    """Mask-pooled dense CLIP features vs the CDT classifier -> (B, Q, C), max over synonyms."""
-    b, h, w, _ = dense.shape
-    m = resize(pred_masks.transpose(0, 2, 3, 1).astype(jnp.float32), h, w) > 0  # σ > 0.5
-    m = m.astype(jnp.float32)
-    pooled = jnp.einsum("bhwq,bhwd->bqd", m, dense.astype(jnp.float32)) / (
-        m.sum((1, 2))[..., None] + 1e-8)
-    transferred = self.cdt(text, dense).astype(jnp.float32)  # (B, S, D): T' (not re-normalised)
+  def in_vocab_logits(self, prediction, mask_features, text, synonym_index):
+    """FC-CLIP's class path for one prediction set -> (B, Q, C+1), void last."""
+    features = prediction["class_features"]
+    pooled = mask_pool(mask_features, prediction["pred_masks"]).astype(features.dtype)
+    features = features + self.mask_pooling_proj(self.mask_pooling_norm(pooled))
+    syn = self.in_vocab(features, text)  # (B, Q, S+1)
+    return jnp.concatenate([max_over_synonyms(syn[..., :-1], synonym_index), syn[..., -1:]], -1)
+
+  def out_of_vocab_logits(self, trunk, pred_masks, text, synonym_index):
+    """Mask-pooled trunk features through the CLIP head vs the CDT classifier -> (B, Q, C)."""
+    pooled = self.clip.image_head(mask_pool(trunk, pred_masks)).astype(jnp.float32)
+    transferred = self.cdt(text, self.clip.image_head(trunk)).astype(jnp.float32)  # T', not re-normalised
     scale = jnp.minimum(jnp.exp(self.clip.logit_scale[...]), 100.0)
     logits = scale * jnp.einsum("bqd,bsd->bqs", l2_normalize(pooled), transferred)
     return max_over_synonyms(logits, synonym_index)
@@ -81,16 +96,13 @@ class MAFTPlus(nnx.Module):
 
     Returns the head output (every set with in-vocab 'pred_logits' (B, Q, C+1), void last, and
     'pred_masks' (B, Q, H/4, W/4)), plus 'out_vocab_logits' (B, Q, C) of the final set and the
-    student's 'dense' map (B, h, w, D).
+    student's 'trunk' features (B, h, w, width).
     """
-    grid, dense = self.image_features(pixels)
-
-    def classify(features):
-      syn = self.in_vocab(features, text)  # (B, Q, S+1)
-      return jnp.concatenate([max_over_synonyms(syn[..., :-1], synonym_index), syn[..., -1:]], -1)
-    out = self.head(self.pyramid(grid), classify)
-    out["out_vocab_logits"] = self.out_of_vocab_logits(dense, out["pred_masks"], text, synonym_index)
-    out["dense"] = dense
+    trunk = self.trunk_features(pixels)
+    classify = lambda s, mask_features: self.in_vocab_logits(s, mask_features, text, synonym_index)
+    out = self.head(self.pyramid(jax.lax.stop_gradient(trunk)), classify)
+    out["out_vocab_logits"] = self.out_of_vocab_logits(trunk, out["pred_masks"], text, synonym_index)
+    out["trunk"] = trunk
     return out
 
 
@@ -106,38 +118,42 @@ def targets_from_batch(batch):
 def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):
   """Total loss and its terms for one batch (DESIGN §4 weights)."""
   out = model(batch["image"], text, synonym_index)
-  return loss_terms(out, targets_from_batch(batch), model.teacher_dense(batch["image"]), rng,
+  return loss_terms(out, targets_from_batch(batch), model.teacher_trunk(batch["image"]), rng,
                     loss_config)
 
 
-def loss_terms(out, targets, teacher_dense, rng, c):
+def loss_terms(out, targets, teacher_trunk, rng, c):
   """Mask classification (deep supervision) + mask-aware + representation compensation."""
   mask_cfg = MaskLossConfig(c.class_weight, c.mask_weight, c.dice_weight, c.void_weight, c.num_points,
                             c.oversample_ratio, c.importance_sample_ratio)
   total, terms = mask_classification_loss(rng, prediction_sets(out), targets, config=mask_cfg)
   terms["loss_mask_aware"] = mask_aware_loss(out["out_vocab_logits"], out["pred_masks"], targets)
-  terms["loss_rc"] = representation_compensation_loss(out["dense"], teacher_dense)
+  terms["loss_rc"] = representation_compensation_loss(out["trunk"], teacher_trunk)
   total = total + c.mask_aware_weight * terms["loss_mask_aware"] + c.rc_weight * terms["loss_rc"]
   return total, terms
 
 
 def semantic_scores(out, image_hw, seen=None, alpha=0.4, beta=0.8):
-  """Per-class scores (B, H, W, C) = Σ_q p_q[c]·σ(m_q).
+  """Per-class scores (B, H, W, C) = Σ_q p_q[c]·σ(m_q), as the official `semantic_inference`.
 
-  p = softmax(out-vocab)·(1 − p_void), p_void from the in-vocab head. With `seen` (C,) bool,
-  FC-CLIP's geometric ensemble of in- and out-of-vocab probabilities (α seen, β unseen) instead.
+  p_q = [softmax_C(out-vocab)·(1 − p_void), p_void] with p_void from the in-vocab softmax over C+1
+  (MAFT+ `maft_plus.py`). With `seen` (C,) bool: FC-CLIP's geometric ensemble (`fcclip.py`): void
+  dropped from the in-vocab logits first, both softmaxed over C, in^(1−w)·out^w renormalised with
+  w = α (seen) / β (unseen), then ×(1 − p_void). As the official code, the class probabilities go
+  through log(p + 1e-8) and a softmax over C+1 before void is dropped.
   """
-  p_in = jax.nn.softmax(out["pred_logits"].astype(jnp.float32), -1)
-  p_void = p_in[..., -1:]
-  p_out = jax.nn.softmax(out["out_vocab_logits"].astype(jnp.float32), -1)
+  in_logits = out["pred_logits"].astype(jnp.float32)
+  p_void = jax.nn.softmax(in_logits, -1)[..., -1:]
+  log_out = jax.nn.log_softmax(out["out_vocab_logits"].astype(jnp.float32), -1)
   if seen is None:
-    probs = p_out
+    probs = jnp.exp(log_out)
   else:
-    p_in_cls = p_in[..., :-1]  # as FC-CLIP: softmax over C+1, void dropped
     w = jnp.where(seen, alpha, beta)
-    probs = jax.nn.softmax(jnp.log(p_in_cls + 1e-8) * (1 - w) + jnp.log(p_out + 1e-8) * w, -1)
-  masks = jax.nn.sigmoid(resize(out["pred_masks"].transpose(0, 2, 3, 1).astype(jnp.float32), *image_hw))
-  return jnp.einsum("bqc,bhwq->bhwc", probs * (1 - p_void), masks)
+    probs = jax.nn.softmax((1 - w) * jax.nn.log_softmax(in_logits[..., :-1], -1) + w * log_out, -1)
+  probs = probs * (1 - p_void)
+  probs = (probs + 1e-8) / (1.0 + (probs.shape[-1] + 1) * 1e-8)  # softmax(log(p + 1e-8)), void dropped
+  masks = jax.nn.sigmoid(resize_nchw(out["pred_masks"].astype(jnp.float32), *image_hw))
+  return jnp.einsum("bqc,bqhw->bhwc", probs, masks)
 
 
 # ---- construction, training context and inference, as the trainer and evaluator use them ----

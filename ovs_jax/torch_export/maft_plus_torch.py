@@ -51,6 +51,15 @@ def resize(x, size):
   return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def mask_pool(features, mask_logits):
+  """features (B, h, w, C), mask logits (B, Q, H, W) -> (B, Q, C): average under mask > 0 (FC-CLIP)."""
+  if tuple(mask_logits.shape[2:]) != tuple(features.shape[1:3]):
+    mask_logits = resize(mask_logits, features.shape[1:3])
+  m = (mask_logits > 0).float()
+  m = m / (m.sum((2, 3), keepdim=True) + 1e-8)
+  return torch.einsum("bhwc,bqhw->bqc", features, m)
+
+
 def sine_position_encoding(height, width, dim, offset=0.0, temperature=10000.0):
   """(H, W, dim): [sin/cos of y, sin/cos of x], coordinates (i − offset)/size·2π for i = 1..size.
 
@@ -226,10 +235,13 @@ class ClipImageTower(nn.Module):
     self.logit_scale = nn.Parameter(torch.tensor(2.6592))
 
   def forward(self, pixels):
-    """-> patch grid (B, h, w, width) for the mask head and dense CLIP map (B, h, w, D)."""
+    """-> trunk patch tokens (B, h, w, width), before the CLIP head."""
     tokens, (h, w) = self.vision_model(pixels)
-    grid = tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
-    return grid, self.visual_projection(self.vision_model.post_layernorm(grid))
+    return tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
+
+  def image_head(self, tokens):
+    """CLIP head (post-LN, projection) on any tokens (..., width) -> (..., D)."""
+    return self.visual_projection(self.vision_model.post_layernorm(tokens))
 
 
 # ---------------------------------------------------------------- mask head
@@ -370,7 +382,8 @@ class MaskedAttentionDecoder(nn.Module):
     return x, torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
 
   def forward(self, multi_scale, mask_features):
-    """multi_scale [(B, C, h, w)] coarse to fine -> final class features (B, Q, C), masks (B, Q, H/4, W/4)."""
+    """multi_scale [(B, C, h, w)] coarse to fine -> final class features (B, Q, C), masks (B, Q, H/4, W/4)
+    (in-vocabulary logits of the final set only are needed at inference)."""
     b, dim = mask_features.shape[:2]
     memory, memory_pos = [], []
     for i, f in enumerate(multi_scale):
@@ -399,8 +412,9 @@ class MaskFormerHead(nn.Module):
     self.predictor = MaskedAttentionDecoder(c, m["num_queries"], m["dec_layers"], m["num_heads"], m["dec_ffn_dim"])
 
   def forward(self, features):
+    """-> final class features (B, Q, C), masks (B, Q, H/4, W/4), mask features (B, C, H/4, W/4)."""
     mask_features, multi_scale = self.pixel_decoder(features)
-    return self.predictor(multi_scale, mask_features)
+    return (*self.predictor(multi_scale, mask_features), mask_features)
 
 
 # ---------------------------------------------------------------- classifiers
@@ -459,6 +473,8 @@ class MAFTPlusTorch(nn.Module):
     self.clip = ClipImageTower(clip)
     self.pyramid = SimpleFeaturePyramid(width, m["hidden_dim"])
     self.head = MaskFormerHead(m)
+    self.mask_pooling_norm = nn.LayerNorm(m["hidden_dim"])
+    self.mask_pooling_proj = nn.Linear(m["hidden_dim"], m["hidden_dim"])
     self.in_vocab = CosineClassifier(m["hidden_dim"], dim)
     self.cdt = ContentDependentTransfer(dim, m["cdt_heads"], m["cdt_mode"])
 
@@ -490,40 +506,44 @@ class MAFTPlusTorch(nn.Module):
     """pixels (B, 3, H, W) CLIP-normalised; text (S, D) unit rows; synonym_index (C, K) long.
 
     -> {'pred_logits' (B, Q, C+1) in-vocab with void last, 'pred_masks' (B, Q, H/4, W/4),
-        'out_vocab_logits' (B, Q, C), 'dense' (B, h, w, D)}.
+        'out_vocab_logits' (B, Q, C), 'trunk' (B, h, w, width)}.
     """
-    grid, dense = self.clip(pixels)
-    class_features, masks = self.head(self.pyramid(grid.permute(0, 3, 1, 2)))
-    syn = self.in_vocab(class_features, text)
+    trunk = self.clip(pixels)
+    class_features, masks, mask_features = self.head(self.pyramid(trunk.permute(0, 3, 1, 2)))
+    # FC-CLIP's in-vocabulary class path: decoder output + Linear(LN(mask-pooled mask features)).
+    pooled = mask_pool(mask_features.permute(0, 2, 3, 1), masks)
+    syn = self.in_vocab(class_features + self.mask_pooling_proj(self.mask_pooling_norm(pooled)), text)
     pred_logits = torch.cat([max_over_synonyms(syn[..., :-1], synonym_index), syn[..., -1:]], -1)
     return {"pred_logits": pred_logits, "pred_masks": masks,
-            "out_vocab_logits": self.out_of_vocab_logits(dense, masks, text, synonym_index),
-            "dense": dense}
+            "out_vocab_logits": self.out_of_vocab_logits(trunk, masks, text, synonym_index),
+            "trunk": trunk}
 
-  def out_of_vocab_logits(self, dense, masks, text, synonym_index):
-    """Each query's binarised mask pools the dense map; cosine with the CDT classifier."""
-    m = (resize(masks, dense.shape[1:3]) > 0).float()  # (B, Q, h, w)
-    pooled = torch.einsum("bqhw,bhwd->bqd", m, dense) / (m.sum((2, 3))[..., None] + 1e-8)
-    transferred = self.cdt(text, dense)
+  def out_of_vocab_logits(self, trunk, masks, text, synonym_index):
+    """Binarised masks pool the trunk features, then the CLIP head; cosine with the CDT classifier."""
+    pooled = self.clip.image_head(mask_pool(trunk, masks))
+    transferred = self.cdt(text, self.clip.image_head(trunk))
     scale = self.clip.logit_scale.exp().clamp(max=100.0)
     logits = scale * torch.einsum("bqd,bsd->bqs", l2_normalize(pooled), transferred)
     return max_over_synonyms(logits, synonym_index)
 
   @staticmethod
   def semantic_scores(out, image_hw, seen=None, alpha=0.4, beta=0.8):
-    """Per-class scores (B, C, H, W) = Σ_q p_q[c]·σ(m_q), p = softmax(out-vocab)·(1 − p_void).
+    """Per-class scores (B, C, H, W) = Σ_q p_q[c]·σ(m_q), p = softmax_C(out-vocab)·(1 − p_void).
 
-    With `seen` (C,) bool: FC-CLIP's geometric ensemble (α seen, β unseen) instead.
+    With `seen` (C,) bool: FC-CLIP's geometric ensemble (void dropped from the in-vocab logits,
+    softmax over C, in^(1−w)·out^w renormalised, w = α seen / β unseen). As the official code, the
+    probabilities pass through log(p + 1e-8) and a softmax over C+1 before void is dropped.
     """
-    p_in = out["pred_logits"].softmax(-1)
-    p_void = p_in[..., -1:]
-    p_out = out["out_vocab_logits"].softmax(-1)
-    probs = p_out
+    p_void = out["pred_logits"].softmax(-1)[..., -1:]
+    probs = out["out_vocab_logits"].softmax(-1)
     if seen is not None:
       w = torch.where(seen, alpha, beta)
-      probs = (torch.log(p_in[..., :-1] + 1e-8) * (1 - w) + torch.log(p_out + 1e-8) * w).softmax(-1)
+      probs = ((1 - w) * out["pred_logits"][..., :-1].log_softmax(-1)
+               + w * out["out_vocab_logits"].log_softmax(-1)).softmax(-1)
+    probs = torch.cat([probs * (1 - p_void), p_void], -1)
+    probs = torch.log(probs + 1e-8).softmax(-1)[..., :-1]
     masks = torch.sigmoid(resize(out["pred_masks"], image_hw))
-    return torch.einsum("bqc,bqhw->bchw", probs * (1 - p_void), masks)
+    return torch.einsum("bqc,bqhw->bchw", probs, masks)
 
   def segment(self, pixels, text, synonym_index, **ensemble):
     """pixels (B, 3, H, W) with H, W multiples of 32 -> scores (B, C, H, W)."""
