@@ -40,6 +40,8 @@ def get_config(arg: str = ""):
                 root="", crop_size=640,
                 scale_range=(0.1, 2.0), cat_max_ratio=1.0, num_masks=100, worker_count=2,
                 eval_short_side=640, eval_batch_size=8, eval_max_images=0, skip_bad=False)
+  # mIoU denominator: "maft_plus" (MAFT+'s evaluator) or "detectron2"; see ovs_jax/metrics.py
+  c.eval = dict(miou_convention="maft_plus")
   c.optim = dict(lr=1e-4, weight_decay=2e-5, lr_multipliers=[(BACKBONE, 0.1)], poly_power=0.9,
                  warmup_steps=0, clip_norm=0.01, b1=0.9, b2=0.999, eps=1e-8)
   c.frozen = list(FROZEN)

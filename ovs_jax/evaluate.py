@@ -45,10 +45,12 @@ def _finite(x):
   return None if isinstance(x, float) and math.isnan(x) else x
 
 
-def summarize(counts: np.ndarray, class_names: list[str], num_images: int) -> dict:
+def summarize(counts: np.ndarray, class_names: list[str], num_images: int,
+              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
   """Counts -> JSON-ready metrics: summary numbers and per-class IoU/ACC (None: no ground truth)."""
-  m = metrics.segmentation_metrics(counts)
+  m = metrics.segmentation_metrics(counts, miou_convention)
   out = {k: _finite(float(m[k])) for k in SUMMARY}
+  out["miou_convention"] = miou_convention
   out["num_images"] = num_images
   out["per_class"] = {n: {"IoU": _finite(float(i)), "ACC": _finite(float(a)), "pixels": int(p)}
                       for n, i, a, p in zip(class_names, m["IoU"], m["ACC"], counts.sum(1))}
@@ -56,8 +58,11 @@ def summarize(counts: np.ndarray, class_names: list[str], num_images: int) -> di
 
 
 def results_table(results: dict, datasets: list[str], key: str = "mIoU") -> str:
-  """Markdown table: one row per model, one column per benchmark."""
-  lines = [f"| model ({key}) | " + " | ".join(datasets) + " |", "| --- |" + " ---: |" * len(datasets)]
+  """Markdown table: one row per model, one column per benchmark; the mIoU header names its convention."""
+  conventions = sorted({c["miou_convention"] for row in results.values() for c in row.values()
+                        if "miou_convention" in c})
+  label = f"mIoU, {'/'.join(conventions)} convention" if key == "mIoU" and conventions else key
+  lines = [f"| model ({label}) | " + " | ".join(datasets) + " |", "| --- |" + " ---: |" * len(datasets)]
   for name, row in results.items():
     cells = [f"{row[d][key]:.1f}" if row.get(d, {}).get(key) is not None else "–" for d in datasets]
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -79,13 +84,16 @@ def _slug(name: str) -> str:
 def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: str | Path, *,
              split: str = "val", root: str | None = None, vocabulary: str | None = None,
              batch_size: int | None = None, max_images: int | None = None, workers: int = 0,
-             skip_bad: bool = False, sources: dict | None = None) -> dict:
+             skip_bad: bool = False, sources: dict | None = None,
+             miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
   """Every model on every dataset; writes results.json/.md and per-class tables into workdir.
 
   models: {row name: factory(vocabulary) -> SegmentationModel}. vocabulary overrides each
   dataset's own (a shipped name, a file, or inline classes). sources: {name: source} to use
-  instead of get_dataset (tests). Returns {model: {dataset: metrics}}.
+  instead of get_dataset (tests). miou_convention: see ovs_jax/metrics.py. Returns
+  {model: {dataset: metrics}}.
   """
+  metrics.check_miou_convention(miou_convention)
   workdir = Path(workdir)
   (workdir / "per_class").mkdir(parents=True, exist_ok=True)
   batch_size = batch_size or jax.device_count()
@@ -104,12 +112,14 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
       t = time.perf_counter()
       counts, n = evaluate_source(model, src, cfg, batch_size=batch_size, max_images=max_images,
                                   workers=workers, desc=f"{model_name} on {d}")
-      row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n)
+      row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n,
+                         miou_convention)
       row[d]["seconds"] = round(time.perf_counter() - t, 2)
-      logging.info("%s on %s: mIoU %.2f (%d images, %.1f s)", model_name, d,
+      logging.info("%s on %s: mIoU (%s) %.2f (%d images, %.1f s)", model_name, d, miou_convention,
                    row[d]["mIoU"] or float("nan"), n, row[d]["seconds"])
       (workdir / "per_class" / f"{_slug(model_name)}__{d}.md").write_text(per_class_table(row[d]) + "\n")
-  payload = {"inference": dataclasses.asdict(cfg), "split": split, "results": results}
+  payload = {"inference": dataclasses.asdict(cfg), "split": split, "miou_convention": miou_convention,
+             "results": results}
   if jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     (workdir / "results.md").write_text(
@@ -166,6 +176,10 @@ def define_flags():
   flags.DEFINE_integer("max_images", 0, "evaluate only the first N images of each split (0: all)")
   flags.DEFINE_integer("workers", 0, "grain worker processes for decoding")
   flags.DEFINE_bool("skip_bad", False, "skip unreadable records instead of stopping")
+  flags.DEFINE_enum("miou_convention", metrics.DEFAULT_MIOU_CONVENTION, list(metrics.MIOU_CONVENTIONS),
+                    "maft_plus: MAFT+'s evaluator (a class predicted but absent from the ground truth "
+                    "counts 0 in the mean); detectron2: current detectron2 (mean over classes with "
+                    "ground truth)")
   flags.DEFINE_bool("demo", False, "the demo dataset (and the demo:tiny CLIP unless --clip is given)")
 
 
@@ -186,7 +200,7 @@ def main(argv):
   results = evaluate(factories, datasets, cfg, FLAGS.workdir, split=FLAGS.split, root=FLAGS.root,
                      vocabulary=FLAGS.vocab, batch_size=FLAGS.batch_size or None,
                      max_images=FLAGS.max_images or None, workers=FLAGS.workers,
-                     skip_bad=FLAGS.skip_bad)
+                     skip_bad=FLAGS.skip_bad, miou_convention=FLAGS.miou_convention)
   print(results_table(results, datasets))
   print(f"results: {Path(FLAGS.workdir) / 'results.json'}", file=sys.stderr)
 

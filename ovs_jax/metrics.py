@@ -1,5 +1,5 @@
 """Semantic segmentation metrics: a confusion matrix built inside the jitted eval step, and the
-definitions of detectron2's SemSegEvaluator.
+definitions of detectron2's SemSegEvaluator (mIoU in MAFT+'s or current detectron2's convention).
 
 The matrix has rows = ground truth, columns = prediction (detectron2 stores the transpose).
 Counts are exact at any size: a step's matrix is int32 (one step never holds 2³¹ pixels) and the
@@ -49,25 +49,46 @@ def counts_to_numpy(acc) -> np.ndarray:
   return ((high.astype(np.uint64) << np.uint64(32)) | low.astype(np.uint64)).astype(np.int64)
 
 
-def segmentation_metrics(counts: np.ndarray) -> dict:
-  """detectron2 SemSegEvaluator metrics (in %) from counts[label, pred].
+# mIoU denominators. "maft_plus": MAFT+'s own evaluator, maft/evaluation/semantic_evaluation.py
+# (github.com/jiaosiyu1999/MAFT-Plus; the formula of detectron2 <= v0.6), which produced MAFT+'s
+# tables. "detectron2": detectron2 since commit f3c1bc19 (2022-07-06), which FC-CLIP installs from
+# git and whose logs (PC-459: mIoU = mean IoU over the 345 classes with ground truth) match it.
+MIOU_CONVENTIONS = ("maft_plus", "detectron2")
+DEFAULT_MIOU_CONVENTION = "maft_plus"
+
+
+def check_miou_convention(convention: str, name: str = "miou_convention") -> str:
+  if convention not in MIOU_CONVENTIONS:
+    raise ValueError(f"{name}={convention!r}: expected one of {', '.join(MIOU_CONVENTIONS)}")
+  return convention
+
+
+def segmentation_metrics(counts: np.ndarray, convention: str = DEFAULT_MIOU_CONVENTION) -> dict:
+  """SemSegEvaluator metrics (in %) from counts[label, pred], mIoU under `convention`.
 
   IoU_c = TP/(TP+FP+FN) and Acc_c = TP/(TP+FN) are defined for classes with ground truth present
-  (others NaN); mIoU / mACC average over those; fwIoU weights IoU by ground-truth frequency;
-  pACC = ΣTP / Σ labelled pixels. FP counts only predictions on labelled pixels.
+  (others NaN); mACC averages Acc over those; fwIoU weights IoU by ground-truth frequency;
+  pACC = ΣTP / Σ labelled pixels. FP counts only predictions on labelled pixels. mIoU sums IoU over
+  classes with ground truth and divides by the number of those ("detectron2") or, as MAFT+'s
+  evaluator (semantic_evaluation.py lines 138, 142: iou_valid = pos_gt + pos_pred > 0), by the
+  number of classes with ground truth or prediction ("maft_plus"): a class predicted but absent
+  from the ground truth adds 0 to the sum and 1 to the count (its per-class IoU stays NaN there
+  too, line 140). Both evaluators agree on every other number.
   """
+  check_miou_convention(convention)
   counts = np.asarray(counts, np.float64)
   tp = np.diag(counts)
   pos_gt, pos_pred = counts.sum(1), counts.sum(0)
   union = pos_gt + pos_pred - tp
   has_gt = pos_gt > 0
   valid = has_gt & (union > 0)
+  n_miou = (valid if convention == "detectron2" else has_gt | (pos_pred > 0)).sum()
   with np.errstate(invalid="ignore", divide="ignore"):
     acc = np.where(has_gt, tp / pos_gt, np.nan)
     iou = np.where(valid, tp / union, np.nan)
     total = pos_gt.sum()
     return {
-        "mIoU": 100 * iou[valid].mean() if valid.any() else float("nan"),
+        "mIoU": 100 * float(iou[valid].sum() / n_miou) if n_miou else float("nan"),
         "fwIoU": 100 * float(np.sum(iou[valid] * pos_gt[valid]) / total) if total else float("nan"),
         "mACC": 100 * acc[has_gt].mean() if has_gt.any() else float("nan"),
         "pACC": 100 * float(tp.sum() / total) if total else float("nan"),

@@ -37,7 +37,8 @@ def main(argv):
   result = train_and_evaluate(_CONFIG.value, flags.FLAGS.workdir)
   ev = result.get("eval", {})
   if distributed.is_main_process():
-    print(f"done: step {result['step']}" + (f", mIoU {ev['mIoU']:.2f}" if ev else ""))
+    print(f"done: step {result['step']}"
+          + (f", mIoU ({ev['miou_convention']}) {ev['mIoU']:.2f}" if ev else ""))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from ovs_jax import distributed, optim, sharding
 from ovs_jax.checkpointing import Checkpointer
+from ovs_jax.metrics import check_miou_convention
 from ovs_jax.models import clip_config
 from ovs_jax.templates import get_templates
 from ovs_jax.train_step import make_train_step
@@ -78,6 +79,8 @@ class Run:
     if remote:
       tqdm.write(f"workdir {workdir} is remote: logs, TensorBoard and pictures go to {self.local_dir}")
     self.method = get_method(config.method)
+    # checked now, not hours later at the first eval
+    check_miou_convention(config.eval.miou_convention, "config.eval.miou_convention")
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * config.train.grad_accum
     if config.train.batch_size % shards:
@@ -153,7 +156,7 @@ class Run:
     counts, n = evaluate_source(model, self.val_source, InferenceConfig(short_side=d.eval_short_side),
                                 batch_size=d.eval_batch_size, mesh=self._eval_mesh(),
                                 max_images=d.eval_max_images or None, desc=f"eval {d.val}")
-    return summarize(counts, model.class_names, n)
+    return summarize(counts, model.class_names, n, self.config.eval.miou_convention)
 
   def _eval_mesh(self):
     from ovs_jax.inference.engine import data_mesh
@@ -213,7 +216,8 @@ class Run:
         if t.eval_every and (done % t.eval_every == 0 or done == t.steps):  # 0: never
           ev = self.evaluate()
           _log(writer, done, {k: v for k, v in ev.items() if np.isscalar(v)}, "eval")
-          tqdm.write(f"step {done}: {self.config.data.val} mIoU {ev['mIoU']:.2f}  pAcc {ev['pACC']:.2f}")
+          tqdm.write(f"step {done}: {self.config.data.val} mIoU ({ev['miou_convention']}) "
+                     f"{ev['mIoU']:.2f}  pAcc {ev['pACC']:.2f}")
           result["eval"] = ev
         result["step"] = done
       if pending is not None:

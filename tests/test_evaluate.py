@@ -80,6 +80,20 @@ def test_constant_predictor_on_mixed_sizes(tmp_path, num_classes, ignore, mode):
   assert m["per_class"]["c7"]["IoU"] is None and m["per_class"]["c3"]["pixels"] == n_k
 
 
+def test_summaries_and_tables_name_the_miou_convention():
+  # class c2 predicted once but absent from the ground truth: IoU c0 = 2/3, c1 = 1
+  counts = np.array([[2, 0, 1], [0, 1, 0], [0, 0, 0]])
+  for convention, miou in [("maft_plus", 100 * (2 / 3 + 1) / 3), ("detectron2", 100 * (2 / 3 + 1) / 2)]:
+    row = ev.summarize(counts, ["c0", "c1", "c2"], 1, convention)
+    assert row["miou_convention"] == convention and row["per_class"]["c2"]["IoU"] is None
+    np.testing.assert_allclose(row["mIoU"], miou)
+    table = ev.results_table({"m": {"x": row}}, ["x"])
+    assert table.startswith(f"| model (mIoU, {convention} convention) | x |")
+    assert f"| m | {miou:.1f} |" in table
+    assert ev.results_table({"m": {"x": row}}, ["x"], "pACC").startswith("| model (pACC) | x |")
+  assert ev.summarize(counts, ["c0", "c1", "c2"], 1)["miou_convention"] == "maft_plus"
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
   d = tmp_path_factory.mktemp("clip")
@@ -100,9 +114,11 @@ def test_demo_end_to_end_writes_table_and_json(tmp_path, clip_dir):
   r = _run("--demo", f"--clip={clip_dir}", f"--checkpoint={ckpt}", "--names=base,ckpt",
            "--max_images=16", "--short_side=64", "--templates=plain", f"--workdir={tmp_path / 'w'}")
   assert r.returncode == 0, r.stderr
-  assert "| model (mIoU) | demo |" in r.stdout and "| base |" in r.stdout and "| ckpt |" in r.stdout
+  assert "| model (mIoU, maft_plus convention) | demo |" in r.stdout
+  assert "| base |" in r.stdout and "| ckpt |" in r.stdout
   out = json.loads((tmp_path / "w" / "results.json").read_text())
   row, row2 = out["results"]["base"]["demo"], out["results"]["ckpt"]["demo"]
+  assert out["miou_convention"] == row["miou_convention"] == "maft_plus"
   assert row["num_images"] == 16 and 0 <= row["mIoU"] <= 100 and row["mIoU"] == row2["mIoU"]
   assert set(row["per_class"]) == set(demo_dataset("val").class_names)
   assert out["inference"]["short_side"] == 64
@@ -113,6 +129,8 @@ def test_demo_end_to_end_writes_table_and_json(tmp_path, clip_dir):
 def test_bad_inputs_raise_clear_errors(tmp_path, clip_dir):
   factory = ev.model_factories([str(clip_dir)], [], [], templates=("{}",), cache_dir=None)
   cfg = InferenceConfig(short_side=32)
+  with pytest.raises(ValueError, match="miou_convention='published': expected one of maft_plus"):
+    ev.evaluate(factory, ["demo"], cfg, tmp_path, miou_convention="published")
   with pytest.raises(ValueError, match="vocabulary has 2 classes but demo has 10"):
     ev.evaluate(factory, ["demo"], cfg, tmp_path, vocabulary="cat; dog", max_images=8)
   # an image that cannot be read
@@ -138,5 +156,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, clip_dir):
     ev.model_factories([], [str(other)], [], templates=("{}",))
   with pytest.raises(CheckpointError, match="plain CLIP weights .* --clip="):
     ev.model_factories([], [str(clip_dir)], [], templates=("{}",))
+  r = _run("--demo", "--miou_convention=published")
+  assert r.returncode != 0 and "maft_plus|detectron2" in r.stderr
   r = _run(f"--checkpoint={tmp_path / 'nowhere'}", "--datasets=demo")
   assert r.returncode != 0 and "nowhere: checkpoint not found" in r.stderr

@@ -137,6 +137,12 @@ def test_bad_config_keys_and_missing_inputs_are_named(tmp_path):
     Run(cfg, tmp_path / "w2")
 
 
+def test_unknown_miou_convention_fails_before_training(tmp_path):
+  with pytest.raises(ValueError, match="config.eval.miou_convention='published': expected one of "
+                                       "maft_plus, detectron2"):
+    Run(tiny_config(eval__miou_convention="published"), tmp_path)
+
+
 def _losses(workdir):
   lines = (Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return {r["step"]: r["loss"] for r in map(json.loads, lines) if r["kind"] == "train"}
