@@ -3,7 +3,7 @@
   python benchmarks/input_pipeline.py [--images 48] [--batches 12] [--workers 0,1,2] [--with_masks]
 
 Writes an ADE20K-150-layout folder of JPEG scenes (512×683, ADE's typical size; the demo
-generator's textures) in a temp dir, then times `make_train_loader` with the default train
+generator's textures) in a temp dir, then times `make_train_loader` with the lsj mapper's
 transforms (random resize ×0.5–2, category-capped crop, flip, pad, mask targets, CLIP
 normalisation) over `--batches` batches after one warm-up batch.
 """
@@ -36,7 +36,7 @@ def write_ade_folder(root: str, num: int, hw=(512, 683)) -> None:
 
 def measure(source, workers: int, batch_size: int, batches: int, with_masks: bool,
             normalize: bool = True) -> float:
-  ds = loader.make_train_loader(source, batch_size, crop_size=(640, 640), num_masks=100,
+  ds = loader.make_train_loader(source, batch_size, mapper="lsj", crop_size=(640, 640), num_masks=100,
                                 with_masks=with_masks, normalize=normalize, worker_count=workers,
                                 shard_index=0, shard_count=1)
   it = iter(ds)

@@ -36,14 +36,28 @@ def get_config(arg: str = ""):
                  ensemble="none", ensemble_alpha=0.4, ensemble_beta=0.8)
   c.loss = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, void_weight=0.1, num_points=12544,
                 oversample_ratio=3.0, importance_sample_ratio=0.75, mask_aware_weight=1.0, rc_weight=0.1)
+  # The official MAFT+ data protocol (README, "Official recipe and test protocol"). Train mapper
+  # "mask_former_semantic": short side drawn from min_size_train (detectron2 INPUT.MIN_SIZE_TRAIN),
+  # long side <= max_size_train, [crop], flip, pad to the batch canvas (orientation groups,
+  # sides rounded up to train_bucket: larger buckets compile fewer shapes but pad more).
+  # "lsj": scale jitter by scale_range around crop_size, fixed crop_size canvas.
   c.data = dict(train="coco_stuff_171", val="ade20k_150", val_split="val", train_max_images=0,
-                root="", crop_size=640,
-                scale_range=(0.1, 2.0), cat_max_ratio=1.0, num_masks=100, worker_count=2,
-                eval_short_side=640, eval_batch_size=8, eval_max_images=0, skip_bad=False)
+                root="", train_mapper="mask_former_semantic", min_size_train=(800,),
+                min_size_train_sampling="choice", max_size_train=1333, crop_enabled=False,
+                crop_size=640, cat_max_ratio=1.0, train_bucket=32, scale_range=(0.1, 2.0),
+                num_masks=100, worker_count=2,
+                # Test: detectron2 MIN/MAX_SIZE_TEST; batch 0 = one image per device.
+                eval_short_side=800, eval_max_size=1333, eval_batch_size=0, eval_max_images=0,
+                skip_bad=False)
   # mIoU denominator: "maft_plus" (MAFT+'s evaluator) or "detectron2"; see ovs_jax/metrics.py
   c.eval = dict(miou_convention="maft_plus")
+  # MAFT-Plus train_net.py build_optimizer: no decay on norm layers and nn.Embedding tables (here:
+  # queries, decoder level embeddings, void, HF CLIP's position table); biases, the pixel
+  # decoder's level_embed (an nn.Parameter) and the in-vocab logit scale decay.
   c.optim = dict(lr=1e-4, weight_decay=2e-5, lr_multipliers=[(BACKBONE, 0.1)], poly_power=0.9,
-                 warmup_steps=0, clip_norm=0.01, b1=0.9, b2=0.999, eps=1e-8)
+                 warmup_steps=0, clip_norm=0.01, b1=0.9, b2=0.999, eps=1e-8,
+                 no_decay=r".*(query_feat|query_embed|predictor/level_embed|void_embedding|"
+                          r"position_embedding)")
   c.frozen = list(FROZEN)
   c.train = dict(batch_size=8, steps=60000, grad_accum=1, log_every=50, ckpt_every=2000,
                  keep_checkpoints=3, eval_every=10000, num_predictions=4)
@@ -60,9 +74,12 @@ def get_config(arg: str = ""):
                    # in-vocab head vote (demo val mIoU 67.4 -> 74.2 at step 600).
                    ensemble="geometric")
     c.loss.num_points = 1024
-    c.data.update(train="demo", val="demo", crop_size=128, scale_range=(0.8, 1.25), num_masks=12,
-                  worker_count=0, eval_short_side=128, eval_batch_size=8, eval_max_images=64)
-    c.optim.update(lr=3e-4, clip_norm=1.0, lr_multipliers=[(BACKBONE, 1.0)], weight_decay=0.05)
+    # 400 small square images: scale jitter (lsj) and 128 px keep the demo fast and varied.
+    c.data.update(train="demo", val="demo", train_mapper="lsj", crop_size=128, scale_range=(0.8, 1.25),
+                  num_masks=12, worker_count=0, eval_short_side=128, eval_batch_size=8,
+                  eval_max_images=64)
+    c.optim.update(lr=3e-4, clip_norm=1.0, lr_multipliers=[(BACKBONE, 1.0)], weight_decay=0.05,
+                   no_decay="")  # no decay on any 0/1-d parameter (at wd 0.05 biases matter)
     c.train.update(batch_size=8, steps=600, log_every=25, ckpt_every=200, eval_every=300)
   unknown = variants - {"demo", "panoptic"}
   if unknown:

@@ -34,6 +34,17 @@ def read_image(path: str, data: bytes | None = None) -> np.ndarray:
   return np.asarray(img, dtype=np.uint8)
 
 
+def image_size(path: str, data: bytes | None = None) -> tuple[int, int]:
+  """(H, W) of an image file (or its bytes) from its header, without decoding the pixels."""
+  try:
+    with Image.open(io.BytesIO(data) if data is not None else path) as img:
+      return img.height, img.width
+  except FileNotFoundError:
+    raise DataError(f"{path}: file not found") from None
+  except Exception as e:
+    raise DataError(f"{path}: cannot decode image header ({type(e).__name__}: {e})") from None
+
+
 def read_label(path: str, data: bytes | None = None) -> np.ndarray:
   """Decodes a single-channel label map (PNG 8-bit/palette, 16-bit TIFF/PNG) to (H, W) uint8/uint16.
 

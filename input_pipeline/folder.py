@@ -76,3 +76,6 @@ class FolderSource(Source):
     image_file, label_file = self.pairs[index]
     return {"file_name": image_file, "label_file": label_file,
             "image_bytes": files.read_bytes(image_file), "label_bytes": files.read_bytes(label_file)}
+
+  def image_hw(self, index: int) -> tuple[int, int]:
+    return files.image_size(self.pairs[int(index)][0])  # the header only: no label read, no decode

@@ -1,10 +1,12 @@
 """Train and eval input pipelines on grain's dataset API.
 
-Train: source -> global shuffle (reshuffled every epoch) -> repeat -> transforms -> this host's
-block of each global batch (disjoint; same global batches for any host count) -> batch -> worker
-processes. Everything is a function of (seed, index), so `it.get_state()` /
-`it.set_state()` (or grain.checkpoint with orbax) resume on exactly the next batch, given the same
-host count (batches do not depend on worker_count).
+Train: record indices -> global shuffle (reshuffled every epoch) -> repeat -> [grouping into
+global batches of one orientation with a planned canvas, grouping.py, for mappers whose output
+size varies] -> read -> the mapper's transforms -> this host's block of each global batch
+(disjoint; same global batches for any host count) -> batch -> worker processes. Everything is a
+function of (seed, index), so `it.get_state()` / `it.set_state()` (or grain.checkpoint with orbax)
+resume on exactly the next batch, given the same host count (batches do not depend on
+worker_count).
 
 Eval: the split is padded to a multiple of process_count × local batch with records marked
 `valid=False`, so every host runs the same number of steps (collectives need that); each host
@@ -14,8 +16,10 @@ from absl import flags
 import grain
 import numpy as np
 
-from input_pipeline import targets
+from input_pipeline import grouping, mappers
 from input_pipeline import transforms as T
+from input_pipeline.files import DataError
+from input_pipeline.mappers import Mapper
 from input_pipeline.source import Source
 
 
@@ -75,51 +79,77 @@ class _NextGood:
     raise RuntimeError(f"{self.source}: {self.max_tries} consecutive bad records from index "
                        f"{index}; see the warnings above")
 
+  def image_hw(self, index):
+    """Size of the record `index` stands for; a bad header moves on as __getitem__ does (a record
+    whose header reads but whose decode fails can still differ: PadToSize crops it, warned)."""
+    for j in range(self.max_tries):
+      try:
+        return self.source.image_hw((index + j) % len(self.source))
+      except DataError:
+        if not self.source.skip_bad:
+          raise
+    raise RuntimeError(f"{self.source}: {self.max_tries} consecutive unreadable image headers from "
+                       f"index {index}")
+
+
+class _Read(grain.transforms.Map):
+  """{'index', 'canvas_hw'} (or a bare index) -> the record, with its planned canvas."""
+
+  def __init__(self, source):
+    self.source = source
+
+  def map(self, el):
+    if isinstance(el, dict):
+      return dict(self.source[el["index"]], canvas_hw=el["canvas_hw"])
+    return self.source[el]
+
 
 def train_transforms(source: Source, crop_size=(512, 512), scale_range=(0.5, 2.0),
                      cat_max_ratio: float = 0.75, num_masks: int | None = None,
                      with_masks: bool = True, normalize: bool = True) -> list:
-  """Resize by scale range, category-capped crop, flip, pad, [mask targets], [CLIP normalise]."""
-  ignore = source.ignore_label
-  ops = [T.RandomResize(crop_size, scale_range), T.RandomCrop(crop_size, cat_max_ratio, ignore),
-         T.RandomHorizontalFlip(), T.PadToSize(crop_size, ignore)]
-  if source.meta.kind == "panoptic":
-    ops.append(targets.PanopticToMasks(num_masks or 100, ignore, with_masks))
-  elif num_masks:
-    ops.append(targets.SemanticToMasks(num_masks, ignore, with_masks))
-  if normalize:
-    ops.append(T.Normalize())
-  keys = ["image", "label", "image_hw", "masks", "mask_classes", "mask_valid", "mask_ids", "pan_seg"]
-  return ops + [T.SelectKeys(keys)]
+  """The lsj mapper's transforms (fixed crop_size shapes; see mappers.py)."""
+  return mappers.lsj(source, crop_size, scale_range, cat_max_ratio, num_masks, with_masks, normalize).ops
 
 
 def eval_transforms(source: Source, size: int = 640, normalize: bool = True) -> list:
-  """Keep the original label, resize the longer side to `size`, pad to size×size, normalise."""
-  ops = [T.KeepOriginalLabel(), T.ResizeShortestEdge(size, max_size=size),
-         T.PadToSize((size, size), source.ignore_label)]
-  return ops + ([T.Normalize()] if normalize else [])
+  """Keep the original label, resize the longer side to `size`, [normalise], pad to size×size
+  (after normalisation: the padding is the mean colour)."""
+  ops = [T.KeepOriginalLabel(), T.ResizeShortestEdge(size, max_size=size)]
+  return ops + ([T.Normalize()] if normalize else []) + [T.PadToSize((size, size), source.ignore_label)]
 
 
-def make_train_loader(source: Source, global_batch_size: int, transforms: list | None = None, *,
-                      seed: int = 0, num_epochs: int | None = None, shuffle: bool = True,
+def make_train_loader(source: Source, global_batch_size: int, transforms: list | Mapper | None = None,
+                      *, seed: int = 0, num_epochs: int | None = None, shuffle: bool = True,
                       worker_count: int = 0, shard_index: int | None = None,
                       shard_count: int | None = None, read_threads: int = 2,
-                      **train_transform_kwargs) -> grain.IterDataset:
+                      mapper: str = "mask_former_semantic", bucket: int = 32,
+                      group_window: int = 16, **mapper_kwargs) -> grain.IterDataset:
   """This host's training batches: `it = iter(loader)`; `next(it)` -> dict of (B_local, ...).
 
-  transforms default to `train_transforms(source, **train_transform_kwargs)`. num_epochs None
-  repeats forever. shard_index/shard_count default to jax.process_index()/process_count().
-  Records a skip_bad source rejects are replaced by the next good record (and logged).
+  transforms: a Mapper, a list of fixed-shape transforms, or None for
+  `mappers.build(mapper, source, **mapper_kwargs)`. A mapper with a size bound gets orientation
+  batches on canvases rounded up to `bucket`, planned over windows of `group_window` global
+  batches (grouping.py). num_epochs None repeats forever. shard_index/shard_count default to
+  jax.process_index()/process_count(). Records a skip_bad source rejects are replaced by the next
+  good record (and logged).
   """
   shard_index, shard_count = _host_shard(shard_index, shard_count)
   batch_size = _local_batch(global_batch_size, shard_count)
   if transforms is None:
-    transforms = train_transforms(source, **train_transform_kwargs)
-  ds = grain.MapDataset.source(_NextGood(source))
+    transforms = mappers.build(mapper, source, **mapper_kwargs)
+  elif not isinstance(transforms, Mapper):
+    transforms = Mapper(list(transforms))
+  good = _NextGood(source)
+  ds = grain.MapDataset.range(len(source))
   if shuffle:
     ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)
+  if transforms.size_bound is not None:
+    ds = grouping.OrientationBatches(ds, global_batch_size, good.image_hw, transforms.size_bound,
+                                     bucket, group_window * global_batch_size, seed)
   # Transforms before the host slice: augmentation RNG follows the global index, not the host.
-  ds = _HostBlocks(_apply(ds.repeat(num_epochs), transforms, seed), batch_size, shard_index, shard_count)
+  ds = _apply(ds.map(_Read(good)), transforms.ops, seed)
+  ds = _HostBlocks(ds, batch_size, shard_index, shard_count)
   return _finish(ds, batch_size, worker_count, read_threads)
 
 

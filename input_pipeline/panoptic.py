@@ -61,3 +61,6 @@ class CocoPanopticSource(Source):
     r = self.records[index]
     return {**r, "image_bytes": files.read_bytes(r["file_name"]),
             "pan_bytes": files.read_bytes(r["label_file"])}
+
+  def image_hw(self, index: int) -> tuple[int, int]:
+    return files.image_size(self.records[int(index)]["file_name"])

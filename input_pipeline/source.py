@@ -114,6 +114,14 @@ class Source:
   def decode(self, raw: dict) -> dict:
     return DECODERS[self.meta.kind](raw, self.meta)
 
+  def image_hw(self, index: int) -> tuple[int, int]:
+    """(H, W) of record `index`'s image (plans batch canvases): from the file header where the
+    stored bytes allow, else by decoding. Raises DataError for an unreadable record."""
+    raw = self.raw(int(index))
+    if "image_bytes" in raw:
+      return files.image_size(raw["file_name"], raw["image_bytes"])
+    return tuple(self.decode(raw)["image"].shape[:2])
+
   def __getitem__(self, index: int) -> dict | None:
     index = int(index)
     if not 0 <= index < len(self):

@@ -4,9 +4,13 @@ Records are dicts (see source.py). Geometric transforms move `image` (H, W, 3) t
 every dense map present: `label` (filled with the ignore label) and `pan_seg` (filled with 0,
 void). Resizing is bilinear for the image and nearest for the maps.
 """
+import logging
+
 import numpy as np
 from PIL import Image
 import grain
+
+log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -57,18 +61,39 @@ class RandomResize(grain.transforms.RandomMap):
     return resize(el, (max(1, round(h * s)), max(1, round(w * s))))
 
 
-class ResizeShortestEdge(grain.transforms.Map):
-  """Deterministic resize: shorter side to `short_edge`, longer side at most `max_size`."""
+def shortest_edge_size(hw, short_edge: int, max_size: int | None = None) -> tuple[int, int]:
+  """detectron2's ResizeShortestEdge.get_output_shape: the short side becomes `short_edge`; if the
+  long side would pass `max_size`, both scale down so it equals `max_size`; int(x + 0.5) rounding."""
+  h, w = hw
+  scale = short_edge / min(h, w)
+  newh, neww = (short_edge, scale * w) if h < w else (scale * h, short_edge)
+  if max_size and max(newh, neww) > max_size:
+    scale = max_size / max(newh, neww)
+    newh, neww = newh * scale, neww * scale
+  return int(newh + 0.5), int(neww + 0.5)
 
-  def __init__(self, short_edge: int, max_size: int | None = None):
-    self.short_edge, self.max_size = short_edge, max_size
 
-  def map(self, el):
-    h, w = el["image"].shape[:2]
-    s = self.short_edge / min(h, w)
-    if self.max_size and max(h, w) * s > self.max_size:
-      s = self.max_size / max(h, w)
-    return resize(el, (max(1, round(h * s)), max(1, round(w * s))))
+class ResizeShortestEdge(grain.transforms.RandomMap):
+  """Short side to a size drawn from `short_edge` (an int, or a tuple sampled as detectron2's
+  MIN_SIZE_TRAIN_SAMPLING: 'choice' of one value, or 'range' [lo, hi]); long side <= max_size."""
+
+  def __init__(self, short_edge, max_size: int | None = None, sample_style: str = "choice"):
+    self.short_edge = (short_edge,) if isinstance(short_edge, int) else tuple(short_edge)
+    if sample_style not in ("choice", "range") or (sample_style == "range" and len(self.short_edge) != 2):
+      raise ValueError(f"sample_style {sample_style!r} with sizes {self.short_edge}: expected "
+                       "'choice' (any number of sizes) or 'range' (two sizes, lo and hi)")
+    self.max_size, self.sample_style = max_size, sample_style
+
+  @property
+  def largest(self) -> int:
+    return max(self.short_edge)
+
+  def random_map(self, el, rng):
+    if self.sample_style == "range":
+      size = int(rng.integers(self.short_edge[0], self.short_edge[1] + 1))
+    else:
+      size = self.short_edge[0] if len(self.short_edge) == 1 else int(rng.choice(self.short_edge))
+    return resize(el, shortest_edge_size(el["image"].shape[:2], size, self.max_size))
 
 
 class RandomCrop(grain.transforms.RandomMap):
@@ -112,21 +137,31 @@ class RandomHorizontalFlip(grain.transforms.RandomMap):
 
 
 class PadToSize(grain.transforms.Map):
-  """Pads bottom/right to `size` (H, W): image with 0, label with ignore, pan_seg with void.
+  """Pads bottom/right to `size` (H, W), or to the record's `canvas_hw` (its batch's canvas, see
+  grouping.py) when size is None: image with 0, label with ignore, pan_seg with void.
 
-  Adds `image_hw` (2,) int32, the unpadded extent (where predictions are valid).
+  Run it after Normalize, as detectron2's ImageList pads the normalised image: 0 is then the mean
+  colour, not black. Labels padded with ignore make the mask targets 0 there (MAFT+'s
+  `prepare_targets`). Adds `image_hw` (2,) int32, the unpadded extent.
   """
 
-  def __init__(self, size, ignore_label: int = 255):
-    self.size, self.ignore_label = tuple(size), ignore_label
+  def __init__(self, size=None, ignore_label: int = 255):
+    self.size, self.ignore_label = (None if size is None else tuple(size)), ignore_label
 
   def map(self, el):
+    size = self.size or tuple(int(v) for v in el["canvas_hw"])
     h, w = el["image"].shape[:2]
-    if h > self.size[0] or w > self.size[1]:
-      raise ValueError(f"{el.get('file_name', 'record')}: {h}x{w} image exceeds the pad size "
-                       f"{self.size[0]}x{self.size[1]}; resize or crop it first")
+    if h > size[0] or w > size[1]:
+      if self.size:
+        raise ValueError(f"{el.get('file_name', 'record')}: {h}x{w} image exceeds the pad size "
+                         f"{size[0]}x{size[1]}; resize or crop it first")
+      # Only a skip_bad substitute (the next good record, of another size) can outgrow its plan.
+      log.warning("%s: %dx%d exceeds its planned canvas %dx%d; cropped", el.get("file_name", "record"),
+                  h, w, *size)
+      el = crop(el, 0, 0, (min(h, size[0]), min(w, size[1])))
+      h, w = el["image"].shape[:2]
     out = dict(el, image_hw=np.array([h, w], np.int32))
-    pad = ((0, self.size[0] - h), (0, self.size[1] - w))
+    pad = ((0, size[0] - h), (0, size[1] - w))
     out["image"] = np.pad(el["image"], pad + ((0, 0),))
     for k in DENSE:
       if k in el:

@@ -165,8 +165,9 @@ def define_flags():
                       "file, or inline 'a, b; c' (must have the dataset's class count)")
   flags.DEFINE_string("workdir", "eval", "output folder for results.json/.md and per-class tables")
   flags.DEFINE_enum("mode", "whole", ["whole", "slide"], "whole image or sliding window")
-  flags.DEFINE_integer("short_side", 640, "inference short side in pixels")
-  flags.DEFINE_integer("max_size", 2560, "cap on the longer side")
+  flags.DEFINE_integer("short_side", InferenceConfig.short_side, "inference short side in pixels "
+                       "(default: MAFT+'s test protocol, detectron2 MIN_SIZE_TEST)")
+  flags.DEFINE_integer("max_size", InferenceConfig.max_size, "cap on the longer side (MAX_SIZE_TEST)")
   flags.DEFINE_integer("window", 448, "sliding window side")
   flags.DEFINE_integer("stride", 224, "sliding window stride")
   flags.DEFINE_integer("bucket", 0, "canvas sides round up to multiples of this (0: the model's input multiple, as detectron2; "

@@ -3,6 +3,9 @@ a poly schedule with optional warmup, and global-norm clipping.
 
 Groups are chosen by regexes over parameter paths ('clip/vision_model/encoder/layers/0/...'):
 `config.optim.lr_multipliers` is a list of (regex, multiplier), first match wins, default 1.
+With `config.optim.no_decay` (a regex), normalisation layers (modules with a `scale`) and the
+parameters it matches get no weight decay and all others do (detectron2's WEIGHT_DECAY_NORM /
+WEIGHT_DECAY_EMBED = 0); unset, no 0/1-d parameter decays, nor any whose path matches NO_DECAY.
 Frozen parameters never reach the optimizer (see `trainable_filter`).
 """
 from __future__ import annotations
@@ -50,8 +53,17 @@ def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransform
     name = path_str(path)
     return next((f"x{m:g}" for p, m in multipliers if p.match(name)), "x1")
   labels = jax.tree_util.tree_map_with_path(group, params)
-  decay_mask = jax.tree_util.tree_map_with_path(lambda p, x: x.ndim > 1 and not NO_DECAY.match(path_str(p)),
-                                                params)
+  if c.get("no_decay"):  # detectron2-style: norm layers and the named tables; the rest decays
+    exempt, names = re.compile(c.no_decay), {path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+
+    def decays(p, x):
+      module, _, leaf = path_str(p).rpartition("/")
+      norm = leaf in ("scale", "bias") and f"{module}/scale" in names  # LayerNorm/GroupNorm
+      return not (norm or exempt.match(path_str(p)))
+    decay_mask = jax.tree_util.tree_map_with_path(decays, params)
+  else:
+    decay_mask = jax.tree_util.tree_map_with_path(
+        lambda p, x: x.ndim > 1 and not NO_DECAY.match(path_str(p)), params)
 
   def adamw(mult):
     sched = poly_schedule(c.lr * mult, total_steps, c.get("poly_power", 0.9), c.get("warmup_steps", 0))

@@ -55,13 +55,13 @@ def _datasets(config):
 
 
 def _train_iterator(config, source, mesh):
-  from input_pipeline import loader
+  from input_pipeline import loader, mappers
   from input_pipeline.global_batch import DevicePrefetcher
   d = config.data
-  it = iter(loader.make_train_loader(
-      source, config.train.batch_size, seed=config.seed, worker_count=d.worker_count,
-      crop_size=(d.crop_size, d.crop_size), scale_range=tuple(d.scale_range),
-      cat_max_ratio=d.cat_max_ratio, num_masks=d.num_masks, with_masks=source.meta.kind == "panoptic"))
+  # Image shapes vary by batch with mask_former_semantic: jit compiles once per canvas.
+  mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
+  it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
+                                     worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
   return DevicePrefetcher(it, sharding.batch_sharding(mesh))
 
 
@@ -149,12 +149,13 @@ class Run:
 
   def evaluate(self) -> dict:
     from ovs_jax.evaluate import summarize
-    from ovs_jax.inference.batching import InferenceConfig
+    from ovs_jax.inference.batching import eval_settings
     from ovs_jax.inference.engine import evaluate_source
     d = self.config.data
     model = self.segmentation_model(self.val_vocab)
-    counts, n = evaluate_source(model, self.val_source, InferenceConfig(short_side=d.eval_short_side),
-                                batch_size=d.eval_batch_size, mesh=self._eval_mesh(),
+    mesh = self._eval_mesh()
+    cfg, batch_size = eval_settings(d, mesh.size)
+    counts, n = evaluate_source(model, self.val_source, cfg, batch_size=batch_size, mesh=mesh,
                                 max_images=d.eval_max_images or None, desc=f"eval {d.val}")
     return summarize(counts, model.class_names, n, self.config.eval.miou_convention)
 

@@ -97,3 +97,30 @@ def test_config_errors_are_named(tiny_maskclip):
     InferenceConfig(mode="tiles")
   with pytest.raises(ValueError, match="window=40 is not a multiple of the model's input multiple 16"):
     engine.make_label_fn(tiny_maskclip, InferenceConfig(mode="slide", window=40, stride=20, bucket=32))
+
+
+def test_padding_is_the_mean_colour_and_defaults_are_the_test_protocol():
+  """detectron2's ImageList pads the normalised image with 0; MAFT+ tests at 800/1333, one image
+  per GPU."""
+  import ml_collections
+  from configs.cdt_vitb import get_config
+  from ovs_jax import preprocess
+  from ovs_jax.inference.registry import SegmentationModel
+  cfg = InferenceConfig()
+  assert (cfg.mode, cfg.short_side, cfg.max_size) == ("whole", 800, 1333)
+  assert batching.inference_size((480, 640), cfg.short_side, cfg.max_size) == (800, 1067)
+  assert batching.inference_size((200, 1000), cfg.short_side, cfg.max_size) == (267, 1333)
+  probe = SegmentationModel("probe", lambda params, pixels, valid: pixels, None, ["a", "b", "c"], 32)
+  cfg = cfg.for_model(probe.input_multiple)
+  image = np.random.default_rng(4).integers(0, 256, (20, 30, 3), np.uint8)
+  b = batching.pad_batch({"image": [image]}, cfg, 255)
+  seen = np.asarray(engine.class_scores(probe, cfg, None, jnp.asarray(b["image"]), jnp.asarray(b["image_hw"])))
+  assert seen.shape == (1, 32, 32, 3)
+  np.testing.assert_allclose(seen[0, :20, :30], preprocess.normalize(image), atol=1e-5)
+  assert (seen[0, 20:] == 0).all() and (seen[0, :, 30:] == 0).all()
+  d = get_config().data
+  got, batch = batching.eval_settings(d, num_devices=4)
+  assert (got.short_side, got.max_size, batch) == (800, 1333, 4)  # one image per device
+  got, batch = batching.eval_settings(get_config("demo").data, num_devices=4)
+  assert (got.short_side, batch) == (128, 8)  # the demo stays small
+  assert batching.eval_settings(ml_collections.ConfigDict(dict(d, eval_batch_size=16)), 4)[1] == 16

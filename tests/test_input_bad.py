@@ -85,7 +85,7 @@ def test_skip_bad_records_are_counted_and_logged(ade, caplog):
   batches = list(loader.make_eval_loader(src, 4, size=16, shard_index=0, shard_count=1))
   assert batches[0]["valid"].tolist() == [True, False, True, False]
   # Training replaces them with the next good record: batches keep their size.
-  it = iter(loader.make_train_loader(src, 2, crop_size=(16, 16), num_epochs=1,
+  it = iter(loader.make_train_loader(src, 2, min_size=(16,), num_epochs=1,
                                      shard_index=0, shard_count=1))
   assert [b["image"].shape[0] for b in it] == [2, 2]
 
@@ -93,7 +93,7 @@ def test_skip_bad_records_are_counted_and_logged(ade, caplog):
 def test_bad_record_without_skip_stops_the_loader(ade):
   root, images, _ = ade
   (images / "val_000002.jpg").write_bytes(b"garbage")
-  it = iter(loader.make_train_loader(_get(root), 4, crop_size=(16, 16), shuffle=False,
+  it = iter(loader.make_train_loader(_get(root), 4, min_size=(16,), shuffle=False,
                                      shard_index=0, shard_count=1))
   with pytest.raises(DataError, match="val_000002.jpg: cannot decode image"):
     next(it)

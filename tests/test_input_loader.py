@@ -11,7 +11,7 @@ import pytest
 from input_pipeline import demo, loader, transforms as T
 
 SMALL = dict(num_train=12, num_val=5, hw=(40, 48))
-TRAIN_KW = dict(crop_size=(32, 32), num_masks=4, seed=3)
+TRAIN_KW = dict(min_size=(32, 36), max_size=48, num_masks=4, seed=3)  # the default mapper
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_global_batch_and_device_prefetch_state(cache, tmp_path):
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   sharding = global_batch.batch_sharding(mesh)
   src = demo.demo_dataset("train", cache_dir=cache, **SMALL)
-  make = lambda: loader.make_train_loader(src, 8, shard_index=0, shard_count=1, crop_size=(16, 16),
+  make = lambda: loader.make_train_loader(src, 8, shard_index=0, shard_count=1,
                                           transforms=[T.SelectKeys(["image", "label", "file_name"])])
   pf = global_batch.DevicePrefetcher(iter(make()), sharding, size=2)
   dev, host = next(pf)
@@ -141,9 +141,11 @@ def test_panoptic_training_batches(tmp_path):
   from input_pipeline import datasets, synthetic
   synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=4, hw=(20, 24))
   src = datasets.get_dataset("coco_panoptic_133", "train", root=str(tmp_path))
-  b = next(iter(loader.make_train_loader(src, 2, crop_size=(16, 16), num_masks=5, shard_index=0,
+  b = next(iter(loader.make_train_loader(src, 2, min_size=(16,), num_masks=5, shard_index=0,
                                          shard_count=1)))
-  assert b["masks"].shape == (2, 5, 16, 16) and b["pan_seg"].shape == (2, 16, 16)
+  assert b["masks"].shape == (2, 5, 32, 32) and b["pan_seg"].shape == (2, 32, 32)
+  assert (b["image_hw"] == [16, 19]).all() and (b["pan_seg"][:, 16:] == 0).all()  # void padding
+  assert not b["masks"][:, :, 16:].any() and not b["masks"][:, :, :, 19:].any()
   for i in range(2):  # each valid mask is exactly its segment, labelled with its class
     for m, c, sid, v in zip(b["masks"][i], b["mask_classes"][i], b["mask_ids"][i], b["mask_valid"][i]):
       if v:

@@ -40,7 +40,7 @@ def test_resize_nearest_and_scale_range():
     assert out["image"].shape[:2] == (h, w) and 50 * 20 / 30 - 1 <= h <= 200 * 20 / 30 + 1
     assert abs(w / h - 1.5) < 0.1
     assert set(np.unique(out["label"])) <= set(np.unique(el["label"]))  # no interpolated ids
-  out = T.ResizeShortestEdge(10, max_size=12).map(el)
+  out = T.ResizeShortestEdge(10, max_size=12).random_map(el, rng)
   assert out["image"].shape[:2] == (8, 12)
 
 
@@ -112,8 +112,9 @@ def test_pipelines_output_fixed_shapes():
     assert el["masks"].shape == (5, 16, 16) and "file_name" not in el
   el = _record(20, 30)
   for op in loader.eval_transforms(Src, size=40):
-    el = op.map(el)
+    el = op.random_map(el, rng) if hasattr(op, "random_map") else op.map(el)
   assert el["image"].shape == (40, 40, 3) and el["image_hw"].tolist() == [27, 40]
+  assert (el["image"][27:] == 0).all()  # padded after normalisation: the mean colour
   np.testing.assert_array_equal(el["label_orig"], _record(20, 30)["label"])
   assert el["orig_hw"].tolist() == [20, 30]
 

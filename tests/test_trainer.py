@@ -49,6 +49,26 @@ def test_frozen_groups_stay_bit_identical_and_trainable_ones_move(tmp_path):
   assert len(moved) == len(before["params"]), set(before["params"]) - set(moved)
 
 
+@pytest.mark.slow
+def test_official_mapper_trains_on_several_canvases_with_grad_accum(tmp_path):
+  """mask_former_semantic batches change shape with their images: the jitted step (and gradient
+  accumulation) compiles once per canvas."""
+  from ovs_jax.trainer import _train_iterator
+  cfg = tiny_config(data__train_mapper="mask_former_semantic", data__min_size_train=(64,),
+                    data__max_size_train=96, train__grad_accum=2, mesh__data=4)
+  run = Run(cfg, tmp_path)
+  shapes = []
+  for short in (64, 96):  # demo images are 160x160: canvases 64x64, then 96x96
+    cfg.data.min_size_train = (short,)
+    run.data = _train_iterator(cfg, run.train_source, run.mesh)
+    batch, _ = next(run.data)
+    shapes.append(batch["image"].shape[1:3])
+    assert (np.asarray(batch["image_hw"]) == short).all()
+    run.state, metrics = run.train_step(run.state, batch, run.context)
+    assert bool(metrics["finite"])
+  assert shapes == [(64, 64), (96, 96)]
+
+
 class _Toy(nnx.Module):
   def __init__(self):
     self.dense = nnx.Linear(3, 2, rngs=nnx.Rngs(0))

@@ -12,14 +12,17 @@ import jax
 import numpy as np
 from PIL import Image
 
+from input_pipeline.transforms import shortest_edge_size
+
 
 @dataclasses.dataclass(frozen=True)
 class InferenceConfig:
   """mode 'whole': the image at `short_side` (longer side ≤ max_size) in one pass; 'slide':
-  window × window crops every `stride` pixels of that image, scores averaged where they overlap."""
+  window × window crops every `stride` pixels of that image, scores averaged where they overlap.
+  Defaults: MAFT+'s test protocol (detectron2 INPUT.MIN_SIZE_TEST 800, MAX_SIZE_TEST 1333)."""
   mode: str = "whole"
-  short_side: int = 640
-  max_size: int = 2560
+  short_side: int = 800
+  max_size: int = 1333
   window: int = 448
   stride: int = 224
   bucket: int = 0            # image canvas sides: multiples of this; 0: the model's input
@@ -47,13 +50,17 @@ class InferenceConfig:
         raise ValueError(f"{name}={v} is not a multiple of the model's input multiple {multiple}")
 
 
+def eval_settings(data, num_devices: int) -> tuple[InferenceConfig, int]:
+  """A recipe's `config.data` -> (whole-image InferenceConfig, global eval batch); batch 0 means
+  one image per device, as detectron2's test loader (one image per GPU)."""
+  cfg = InferenceConfig(short_side=data.eval_short_side, max_size=data.get("eval_max_size", 1333))
+  return cfg, data.eval_batch_size or num_devices
+
+
 def inference_size(hw, short_side: int, max_size: int | None) -> tuple[int, int]:
   """detectron2's ResizeShortestEdge: short side -> short_side, longer side capped at max_size."""
-  h, w = hw
-  s = short_side / min(h, w)
-  if max_size and max(h, w) * s > max_size:
-    s = max_size / max(h, w)
-  return max(1, round(h * s)), max(1, round(w * s))
+  h, w = shortest_edge_size(hw, short_side, max_size)
+  return max(1, h), max(1, w)
 
 
 def resize_image(image: np.ndarray, hw) -> np.ndarray:
@@ -99,8 +106,9 @@ def canvas_shapes(images, labels, cfg: InferenceConfig) -> tuple[tuple[int, int]
 def pad_batch(batch: dict, cfg: InferenceConfig, ignore_label: int) -> dict:
   """Host batch with ragged `image` (and `label`) -> dense numpy fields:
 
-  image (B, Hc, Wc, 3) uint8 zero-padded, image_hw (B, 2), and with labels: label (B, Hl, Wl)
-  padded with ignore_label, orig_hw (B, 2), valid (B,).
+  image (B, Hc, Wc, 3) uint8 (the padding is set to 0 after normalisation on device, see
+  engine.class_scores), image_hw (B, 2), and with labels: label (B, Hl, Wl) padded with
+  ignore_label, orig_hw (B, 2), valid (B,).
   """
   images = list(batch["image"])  # stacked or object arrays alike
   labels = list(batch["label"]) if "label" in batch else []

@@ -1,7 +1,8 @@
 """Jitted, sharded inference and evaluation steps, and the loop over a dataset split.
 
 The batch is sharded over every device of a 1-D ('data',) mesh (over hosts too); params and the
-running confusion matrix are replicated. Images travel as uint8 and are CLIP-normalised on device.
+running confusion matrix are replicated. Images travel as uint8 and are CLIP-normalised on device,
+then the padding is set to 0 (the mean colour), as detectron2 pads after normalisation.
 """
 from __future__ import annotations
 
@@ -31,6 +32,8 @@ def class_scores(model: SegmentationModel, cfg: InferenceConfig, params, image, 
   """uint8 canvases (B, Hc, Wc, 3) -> (B, Hc, Wc, C) scores, whole image or sliding window."""
   mean, std = jnp.asarray(preprocess.CLIP_MEAN), jnp.asarray(preprocess.CLIP_STD)
   pixels = (image.astype(jnp.float32) / 255.0 - mean) / std
+  # detectron2's ImageList pads the *normalised* image with 0: the padding is the mean colour.
+  pixels = jnp.where(windows.valid_mask(image_hw, image.shape[1:3])[..., None], pixels, 0.0)
   if cfg.mode == "whole":
     return windows.whole_image_scores(model.apply, params, pixels, image_hw)
   return windows.sliding_window_scores(model.apply, params, pixels, image_hw, cfg.window, cfg.stride)
