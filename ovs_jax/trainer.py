@@ -164,9 +164,11 @@ class Run:
     return data_mesh()
 
   def write_predictions(self, step: int, num: int):
+    from ovs_jax.inference.batching import eval_settings
     from ovs_jax.predict import Segmenter, write_prediction
-    segment = Segmenter(self.segmentation_model(self.val_vocab),
-                        short_side=self.config.data.eval_short_side)
+    cfg, _ = eval_settings(self.config.data, 1)
+    segment = Segmenter(self.segmentation_model(self.val_vocab), short_side=cfg.short_side,
+                        max_size=cfg.max_size)
     out = self.local_dir / "predictions" / f"step_{step}"
     for i in range(min(num, len(self.val_source))):
       rec = self.val_source[i]
