@@ -1,6 +1,9 @@
-"""Layer factories that attach logical axis names to every parameter (see DESIGN §2)."""
+"""Layer factories that attach logical axis names to every parameter (see DESIGN §2), shared by
+the backbones and the heads, and the multi-head attention layer built on `ops.attention`."""
 import jax.numpy as jnp
 from flax import nnx
+
+from ovs_jax.ops.attention import multi_head_attention
 
 xavier = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
@@ -23,8 +26,10 @@ def conv(din, dout, kernel, *, dtype, param_dtype=jnp.float32, rngs, stride=1, u
                   bias_init=nnx.with_partitioning(zeros, ('conv_out',)), rngs=rngs)
 
 
-def layer_norm(d, *, dtype, param_dtype=jnp.float32, rngs, eps=1e-5):
+def layer_norm(d, *, dtype, param_dtype=jnp.float32, rngs, eps=1e-5, exact_variance=False):
+  """exact_variance: two-pass variance (PyTorch's), for parity with pre-trained towers."""
   return nnx.LayerNorm(d, epsilon=eps, dtype=dtype, param_dtype=param_dtype,
+                       use_fast_variance=not exact_variance,
                        scale_init=nnx.with_partitioning(ones, ('norm',)),
                        bias_init=nnx.with_partitioning(zeros, ('norm',)), rngs=rngs)
 
@@ -58,3 +63,25 @@ class MLP(nnx.Module):
       if i < len(self.layers) - 1:
         x = nnx.relu(x)
     return x
+
+
+class MultiHeadAttention(nnx.Module):
+  """q/k/v/out projections (HF and torch names) around `ops.attention.multi_head_attention`."""
+
+  def __init__(self, dim, num_heads, *, dtype, param_dtype=jnp.float32, rngs, kernel_init=xavier):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_init=kernel_init)
+    self.num_heads = num_heads
+    self.q_proj = linear(dim, dim, ('embed', 'heads'), **kw)
+    self.k_proj = linear(dim, dim, ('embed', 'heads'), **kw)
+    self.v_proj = linear(dim, dim, ('embed', 'heads'), **kw)
+    self.out_proj = linear(dim, dim, ('heads', 'embed'), **kw)
+
+  def __call__(self, q, k, v, mask=None, *, is_causal=False):
+    """q (B, Lq, C), k and v (B, Lk, C), mask broadcastable to (B, heads, Lq, Lk) -> (B, Lq, C)."""
+    out = multi_head_attention(self.q_proj(q), self.k_proj(k), self.v_proj(v), self.num_heads,
+                               mask=mask, is_causal=is_causal)
+    return self.out_proj(out)
+
+  def value_path(self, x):
+    """MaskCLIP: each token keeps its own value (attention replaced by the identity)."""
+    return self.out_proj(self.v_proj(x))

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ovs_jax.heads.transformer_decoder import Attention, masked_cross_attention_mask
+from ovs_jax.heads.transformer_decoder import masked_cross_attention_mask
+from ovs_jax.layers import MultiHeadAttention as Attention
 
 H, W, C = 4, 6, 8
 

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.heads.layers import layer_norm, linear, zeros
+from ovs_jax.layers import layer_norm, linear, zeros
+from ovs_jax.ops.attention import multi_head_attention
 from ovs_jax.ops.position_encoding import sine_position_encoding
 
 # torch.nn.MultiheadAttention keeps q, k, v stacked as one (3D, D) matrix that MAFT+ xavier-inits
@@ -67,10 +68,8 @@ class ContentDependentTransfer(nnx.Module):
     memory = dense.reshape(b, h * w, d).astype(self.dtype)
     pos = sine_position_encoding(h, w, d, dtype=self.dtype, offset=0.0).reshape(1, h * w, d)
 
-    heads = lambda x: x.reshape(*x.shape[:2], self.num_heads, d // self.num_heads)
-    attn = jax.nn.dot_product_attention(heads(self.q_proj(text)), heads(self.k_proj(memory + pos)),
-                                        heads(self.v_proj(memory)))
-    attn = self.out_proj(attn.reshape(text.shape))
+    attn = self.out_proj(multi_head_attention(self.q_proj(text), self.k_proj(memory + pos),
+                                              self.v_proj(memory), self.num_heads))
     if self.mode == 'panoptic':
       return text + self.norm(self.mlp(attn))
     return self.norm(text + self.mlp(attn))

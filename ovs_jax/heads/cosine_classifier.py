@@ -8,7 +8,7 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.heads.layers import MLP, param
+from ovs_jax.layers import MLP, param
 from ovs_jax.models.clip import l2_normalize as _l2_normalize
 
 

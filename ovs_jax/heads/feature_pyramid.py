@@ -6,7 +6,7 @@ convolutional backbone (ConvNeXt) provides the same dict directly.
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.heads.layers import conv, layer_norm, param, xavier, zeros
+from ovs_jax.layers import conv, layer_norm, param, xavier, zeros
 
 LEVELS = ('res2', 'res3', 'res4', 'res5')
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ovs_jax.heads.layers import linear, zeros
+from ovs_jax.layers import linear, zeros
 from ovs_jax.ops.deformable_attention import multi_scale_deformable_attention
 
 

@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.heads.layers import conv, group_norm, layer_norm, linear, param
+from ovs_jax.layers import conv, group_norm, layer_norm, linear, param
 from ovs_jax.heads.ms_deform_attn import MSDeformAttn
 from ovs_jax.ops.remat import remat_scan
 from ovs_jax.ops.resize import resize

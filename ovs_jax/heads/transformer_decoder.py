@@ -3,29 +3,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.heads.layers import MLP, conv, layer_norm, linear, param
+from ovs_jax.layers import MLP, MultiHeadAttention, conv, layer_norm, linear, param
 from ovs_jax.ops.resize import resize
 from ovs_jax.ops.position_encoding import sine_position_encoding
-
-
-class Attention(nnx.Module):
-  """Multi-head attention via `jax.nn.dot_product_attention`; `mask` True = may attend."""
-
-  def __init__(self, dim, num_heads, *, dtype, param_dtype, rngs):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.num_heads = num_heads
-    self.q_proj = linear(dim, dim, ('embed', 'heads'), **kw)
-    self.k_proj = linear(dim, dim, ('embed', 'heads'), **kw)
-    self.v_proj = linear(dim, dim, ('embed', 'heads'), **kw)
-    self.out_proj = linear(dim, dim, ('heads', 'embed'), **kw)
-
-  def __call__(self, q, k, v, mask=None):
-    """q (B, Lq, C), k and v (B, Lk, C), mask broadcastable to (B, heads, Lq, Lk) -> (B, Lq, C)."""
-    b, lq, c = q.shape
-    split = lambda x: x.reshape(*x.shape[:2], self.num_heads, c // self.num_heads)
-    out = jax.nn.dot_product_attention(split(self.q_proj(q)), split(self.k_proj(k)),
-                                       split(self.v_proj(v)), mask=mask)
-    return self.out_proj(out.reshape(b, lq, c))
 
 
 def masked_cross_attention_mask(mask_logits, height, width):
@@ -48,9 +28,9 @@ class DecoderLayer(nnx.Module):
 
   def __init__(self, dim, num_heads, ffn_dim, *, dtype, param_dtype, rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.cross_attn = Attention(dim, num_heads, **kw)
+    self.cross_attn = MultiHeadAttention(dim, num_heads, **kw)
     self.cross_norm = layer_norm(dim, **kw)
-    self.self_attn = Attention(dim, num_heads, **kw)
+    self.self_attn = MultiHeadAttention(dim, num_heads, **kw)
     self.self_norm = layer_norm(dim, **kw)
     self.linear1 = linear(dim, ffn_dim, ('embed', 'mlp'), **kw)
     self.linear2 = linear(ffn_dim, dim, ('mlp', 'embed'), **kw)

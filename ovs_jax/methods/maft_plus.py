@@ -27,7 +27,7 @@ from flax import nnx
 from ovs_jax.heads.cdt import ContentDependentTransfer
 from ovs_jax.heads.cosine_classifier import CosineClassifier
 from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
-from ovs_jax.heads.layers import layer_norm, linear
+from ovs_jax.layers import layer_norm, linear
 from ovs_jax.heads.mask_former import MaskFormerHead, prediction_sets
 from ovs_jax.losses.mask_aware import mask_aware_loss
 from ovs_jax.losses.representation_compensation import representation_compensation_loss

@@ -11,14 +11,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ovs_jax import layers
+from ovs_jax.layers import MultiHeadAttention, linear
 from ovs_jax.models.clip_config import CLIPConfig, TowerConfig
 from ovs_jax.models.pos_embed import resample_position_embedding
 from ovs_jax.ops.remat import remat_scan
 from ovs_jax.sharding import constrain_batch
 
 _normal = nnx.initializers.normal(0.02)
-_zeros = nnx.initializers.zeros_init()
-_ones = nnx.initializers.ones_init()
 _part = nnx.with_partitioning
 
 ACTIVATIONS = {
@@ -28,38 +28,13 @@ ACTIVATIONS = {
 
 
 def dense(din, dout, names, *, dtype, rngs, use_bias=True):
-  """Linear with logical names (in, out) on the kernel and (out,) on the bias."""
-  return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, kernel_init=_part(_normal, names),
-                    bias_init=_part(_zeros, names[1:]), rngs=rngs)
+  """CLIP's Linear: N(0, 0.02) kernel (HF's init), logical names (in, out)."""
+  return linear(din, dout, names, dtype=dtype, rngs=rngs, use_bias=use_bias, kernel_init=_normal)
 
 
 def layer_norm(d, eps, *, rngs):
   # Kept in float32 under bfloat16 compute; exact (two-pass) variance for parity with PyTorch.
-  return nnx.LayerNorm(d, epsilon=eps, dtype=jnp.float32, use_fast_variance=False,
-                       scale_init=_part(_ones, ("norm",)), bias_init=_part(_zeros, ("norm",)), rngs=rngs)
-
-
-class Attention(nnx.Module):
-  """Multi-head self-attention, (B, T, D) -> (B, T, D)."""
-
-  def __init__(self, cfg: TowerConfig, *, dtype, rngs: nnx.Rngs):
-    d = cfg.hidden_size
-    self.num_heads = cfg.num_attention_heads
-    self.q_proj = dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
-    self.k_proj = dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
-    self.v_proj = dense(d, d, ("embed", "heads"), dtype=dtype, rngs=rngs)
-    self.out_proj = dense(d, d, ("heads", "embed"), dtype=dtype, rngs=rngs)
-
-  def __call__(self, x, *, causal: bool = False):
-    b, t, d = x.shape
-    split = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)
-    o = jax.nn.dot_product_attention(split(self.q_proj(x)), split(self.k_proj(x)),
-                                     split(self.v_proj(x)), is_causal=causal)
-    return self.out_proj(o.reshape(b, t, d))
-
-  def value_path(self, x):
-    """MaskCLIP: each token keeps its own value (attention replaced by the identity)."""
-    return self.out_proj(self.v_proj(x))
+  return layers.layer_norm(d, dtype=jnp.float32, eps=eps, exact_variance=True, rngs=rngs)
 
 
 class MLP(nnx.Module):
@@ -78,13 +53,14 @@ class EncoderLayer(nnx.Module):
 
   def __init__(self, cfg: TowerConfig, *, dtype, rngs: nnx.Rngs):
     self.layer_norm1 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
-    self.self_attn = Attention(cfg, dtype=dtype, rngs=rngs)
+    self.self_attn = MultiHeadAttention(cfg.hidden_size, cfg.num_attention_heads, dtype=dtype,
+                                        kernel_init=_normal, rngs=rngs)
     self.layer_norm2 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
   def __call__(self, x, *, causal: bool = False, maskclip: bool = False):
     h = self.layer_norm1(x)
-    h = self.self_attn.value_path(h) if maskclip else self.self_attn(h, causal=causal)
+    h = self.self_attn.value_path(h) if maskclip else self.self_attn(h, h, h, is_causal=causal)
     x = x + h
     # Block boundary: keep activations batch-sharded over data×fsdp (no-op without a mesh).
     return constrain_batch(x + self.mlp(self.layer_norm2(x)))
