@@ -2,7 +2,7 @@
 
 `get_dataset(name, split, root)` returns a random-access source (see source.py for the record
 format). Layouts are those of the widely used detectron2-style preparation scripts; the exact
-trees are documented in README_SECTION.md.
+trees are documented in docs/data.md.
 """
 import dataclasses
 import os

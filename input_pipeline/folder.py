@@ -49,7 +49,7 @@ class FolderSource(Source):
     for d in (image_dir, label_dir):
       if not os.path.isdir(d):
         raise DataError(f"{d}: dataset folder not found for {meta.name}/{meta.split} "
-                        f"(root {root!r}); see input_pipeline/README_SECTION.md for the layout")
+                        f"(root {root!r}); see docs/data.md for the layout")
     keys = [f[:-len(index_suffix)] for f in files.list_files(index_dir, index_suffix, layout.recursive)]
     if not keys:
       raise DataError(f"{index_dir}: no '*{index_suffix}' files; {meta.name}/{meta.split} is empty")

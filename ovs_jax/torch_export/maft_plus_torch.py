@@ -1,6 +1,6 @@
 """MAFT+ inference in plain PyTorch, for models exported by `python -m ovs_jax.convert to-torch`.
 
-Written from the architecture description (DESIGN §4) and mirroring `ovs_jax.methods.maft_plus`
+Written from the model description (docs/maft_plus.md) and mirroring `ovs_jax.methods.maft_plus`
 module by module, so the exported `model.safetensors` loads with `load_state_dict` one to one:
 every torch attribute path is the JAX attribute path, with PyTorch layouts (Linear `[out, in]`,
 Conv OIHW, ConvTranspose IOHW, LayerNorm/GroupNorm `weight`).
