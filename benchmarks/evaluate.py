@@ -33,7 +33,7 @@ from input_pipeline.global_batch import make_global_batch
 from ovs_jax import metrics, preprocess
 from ovs_jax.inference import batching, engine, windows
 from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.registry import SegmentationModel
+from ovs_jax.inference.segmentation_model import SegmentationModel
 from ovs_jax.interchange import torch_state
 from ovs_jax.interchange.clip_weights import abstract_clip
 from ovs_jax.methods.maskclip import maskclip_class_logits

@@ -9,7 +9,13 @@ the Hungarian solver alone against scipy; and multi-scale deformable attention f
 at the pixel decoder's size against a PyTorch grid_sample formulation.
 """
 import argparse
+import os
+import sys
 import time
+
+# Run as a script, benchmarks/ comes first on sys.path; the repository root (for configs/) replaces it.
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+  sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
+from configs.cdt_vitb import get_config
 from ovs_jax.heads.cosine_classifier import CosineClassifier
 from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
 from ovs_jax.heads.mask_former import MaskFormerHead, prediction_sets
@@ -87,7 +94,7 @@ def main():
              'masks': (rng.random((b, t, s // 4, s // 4)) > 0.5).repeat(4, 2).repeat(4, 3)
                       .astype(np.float32),
              'valid': np.arange(t)[None] < n_valid[:, None]}
-  cfg = MaskLossConfig()
+  cfg = MaskLossConfig.from_config(get_config().loss)
 
   # Data enter as arguments: closed-over arrays would be constant-folded by XLA.
   def loss_fn(params, key, vit_map, text, targets):

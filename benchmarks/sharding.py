@@ -28,7 +28,6 @@ if __name__ == "__main__":
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 MESHES = {"1": {"data": 1}, "data8": {"data": 8}, "fsdp8": {"fsdp": 8},
@@ -36,53 +35,24 @@ MESHES = {"1": {"data": 1}, "data8": {"data": 8}, "fsdp8": {"fsdp": 8},
 
 
 def full_config(path, scan=False):
-  from ml_collections import config_flags  # noqa: F401  (config files are plain python)
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("recipe", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("")
+  from ovs_jax.config_utils import recipe_config
+  c = recipe_config(path)
   c.clip.weights, c.clip.arch = "random", "vit_b16"
   c.model.scan = scan
   return c
 
 
-def abstract_inputs(config, mesh, batch, crop, classes, synonyms=2):
-  from ovs_jax import sharding
-  d = config.data
-  bs, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  sds = jax.ShapeDtypeStruct
-  batch_spec = {"image": sds((batch, crop, crop, 3), jnp.float32, sharding=bs),
-                "label": sds((batch, crop, crop), jnp.int32, sharding=bs),
-                "mask_classes": sds((batch, d.num_masks), jnp.int32, sharding=bs),
-                "mask_valid": sds((batch, d.num_masks), jnp.bool_, sharding=bs)}
-  dim = 512  # ViT-B/16 projection
-  context = (sds((classes * synonyms, dim), jnp.float32, sharding=rep),
-             sds((classes, synonyms), jnp.int32, sharding=rep))
-  return batch_spec, context
-
-
 def measure(config, mesh_config, args):
   from ovs_jax import sharding
-  from ovs_jax.restore import abstract_train_state
-  from ovs_jax.train_step import make_train_step
-  from ovs_jax.trainer import get_method
+  from ovs_jax.methods.registry import get_method
+  from ovs_jax.train_step import compile_train_step
   mesh = sharding.make_mesh(mesh_config)
-  method = get_method(config.method)
-  graphdef, abstract, optimizer = abstract_train_state(method, config, mesh)
-  batch, context = abstract_inputs(config, mesh, args.batch, args.crop, args.classes)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
-
-  def loss_fn(model, b, rng, ctx):
-    return method.loss_fn(model, b, rng, *ctx, config.loss)
-  step = make_train_step(graphdef, loss_fn, optimizer, config.train.grad_accum)
-  rep = sharding.replicated(mesh)
-  batch_shardings = jax.tree.map(lambda x: x.sharding, batch)
-  jitted = sharding.MeshJit(mesh, jax.jit(step, in_shardings=(shardings, batch_shardings, rep),
-                                          out_shardings=(shardings, rep), donate_argnums=(0,)))
   tic = time.perf_counter()
-  mem = jitted.lower(abstract, batch, context).compile().memory_analysis()
+  compiled, ts = compile_train_step(get_method(config.method), config, mesh, batch_size=args.batch,
+                                    height=args.crop, width=args.crop, num_classes=args.classes)
+  mem = compiled.memory_analysis()
   compile_s = time.perf_counter() - tic
+  abstract = ts.state
 
   def nbytes(tree):  # per-device bytes of a sharded abstract tree
     return sum(int(np.prod(x.sharding.shard_shape(x.shape))) * np.dtype(x.dtype).itemsize
@@ -90,7 +60,7 @@ def measure(config, mesh_config, args):
   return {"params": nbytes(abstract["params"]), "frozen": nbytes(abstract["frozen"]),
           "opt_state": nbytes(abstract["opt_state"]), "arguments": mem.argument_size_in_bytes,
           "temp": mem.temp_size_in_bytes, "output": mem.output_size_in_bytes,
-          "replicated": sharding.replicated_parameters(abstract, shardings), "compile_s": compile_s}
+          "replicated": sharding.replicated_parameters(abstract, ts.shardings), "compile_s": compile_s}
 
 
 def main(args):

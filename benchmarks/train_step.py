@@ -73,7 +73,8 @@ def build(args, remat):
   config.model.dtype = args.dtype
   if remat:
     config.model.update(scan=True, remat=True)
-  config.data.update(train="demo", val="demo", crop_size=args.size, worker_count=0)
+  config.data.update(train="demo", crop_size=args.size, worker_count=0)
+  config.evals = {}
   config.train.batch_size = args.batch
   config.mesh = {"data": 1, "fsdp": 1, "tensor": 1}
   run = Run(config, "/tmp/ovs_jax_bench_train_step")
@@ -139,14 +140,14 @@ def main():
 
   def backbone_loss(p, x):
     m = merged(p)
-    trunk = m.trunk_features(x)
+    trunk = m.clip.trunk_features(x)
     return jnp.mean(trunk.astype(jnp.float32) ** 2) + jnp.mean(m.clip.image_head(trunk).astype(jnp.float32) ** 2)
   timed("student backbone fwd+bwd", jax.grad(backbone_loss), params, pixels)
 
   teacher_fn = lambda p, x: merged(p).teacher_trunk(x)
   timed("teacher fwd (frozen)", teacher_fn, params, pixels)
 
-  grid = jax.jit(lambda p, x: merged(p).trunk_features(x))(params, pixels)
+  grid = jax.jit(lambda p, x: merged(p).clip.trunk_features(x))(params, pixels)
 
   def head_loss(p, grid, text, index):
     m = merged(p)

@@ -111,13 +111,6 @@ def train_transforms(source: Source, crop_size=(512, 512), scale_range=(0.5, 2.0
   return mappers.lsj(source, crop_size, scale_range, cat_max_ratio, num_masks, with_masks, normalize).ops
 
 
-def eval_transforms(source: Source, size: int = 640, normalize: bool = True) -> list:
-  """Keep the original label, resize the longer side to `size`, [normalise], pad to size×size
-  (after normalisation: the padding is the mean colour)."""
-  ops = [T.KeepOriginalLabel(), T.ResizeShortestEdge(size, max_size=size)]
-  return ops + ([T.Normalize()] if normalize else []) + [T.PadToSize((size, size), source.ignore_label)]
-
-
 def make_train_loader(source: Source, global_batch_size: int, transforms: list | Mapper | None = None,
                       *, seed: int = 0, num_epochs: int | None = None, shuffle: bool = True,
                       worker_count: int = 0, shard_index: int | None = None,
@@ -214,10 +207,9 @@ def ragged_batch(elements):
   return out
 
 
-def make_eval_loader(source: Source, global_batch_size: int, transforms: list | None = None, *,
+def make_eval_loader(source: Source, global_batch_size: int, transforms: list, *,
                      worker_count: int = 0, shard_index: int | None = None,
-                     shard_count: int | None = None, read_threads: int = 2,
-                     **eval_transform_kwargs) -> grain.IterDataset:
+                     shard_count: int | None = None, read_threads: int = 2) -> grain.IterDataset:
   """One pass over the split: this host's batches, padded (see module docstring).
 
   Each batch has `valid` (B,) bool, `label_orig` (object array of (H_i, W_i) maps, unless the
@@ -225,8 +217,6 @@ def make_eval_loader(source: Source, global_batch_size: int, transforms: list | 
   """
   shard_index, shard_count = _host_shard(shard_index, shard_count)
   batch_size = _local_batch(global_batch_size, shard_count)
-  if transforms is None:
-    transforms = eval_transforms(source, **eval_transform_kwargs)
   step = shard_count * batch_size
   total = -(-len(source) // step) * step
   ds = _apply(grain.MapDataset.source(_PaddedEval(source, total)), transforms, seed=0)

@@ -10,10 +10,9 @@ import numpy as np
 from PIL import Image
 import grain
 
-log = logging.getLogger(__name__)
+from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD  # numpy only: safe in grain workers
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+log = logging.getLogger(__name__)
 DENSE = ("label", "pan_seg")
 
 
@@ -182,14 +181,6 @@ class Normalize(grain.transforms.Map):
     image -= self.mean  # in place: this runs on every pixel of every training image
     image *= self.inv_std
     return dict(el, image=image.astype(self.dtype, copy=False))
-
-
-class KeepOriginalLabel(grain.transforms.Map):
-  """Eval: stores the untouched label as `label_orig` and the image size as `orig_hw` (2,),
-  so metrics are computed at the original resolution."""
-
-  def map(self, el):
-    return dict(el, label_orig=el["label"], orig_hw=np.array(el["label"].shape, np.int32))
 
 
 class SelectKeys(grain.transforms.Map):

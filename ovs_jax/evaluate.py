@@ -5,148 +5,24 @@
   python -m ovs_jax.evaluate --checkpoint=WORKDIR --datasets=ade20k_150 --workdir=eval/
   python -m ovs_jax.evaluate --demo --workdir=eval/     # demo CLIP on the demo set, offline
 
---clip (training-free MaskCLIP) and --checkpoint (a registered method, see
-ovs_jax/inference/registry.py) take comma-separated lists: one table row per model. Writes
-<workdir>/results.json (every metric, per-class IoU/accuracy, the inference settings),
-<workdir>/results.md (the table) and <workdir>/per_class/<model>__<dataset>.md.
+--clip (training-free MaskCLIP) and --checkpoint (any method of ovs_jax/methods/registry.py) take
+comma-separated lists: one table row per model. Writes <workdir>/results.json, results.md and
+per-class tables (`ovs_jax.evaluation`).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import re
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import jax
-import numpy as np
 from absl import app, flags, logging
 
-from input_pipeline.datasets import get_dataset
-from input_pipeline.vocab import load_vocabulary
 from ovs_jax import metrics
+from ovs_jax.evaluation import evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.engine import evaluate_source
-from ovs_jax.inference.maskclip import clip_from_spec, maskclip_model
-from ovs_jax.inference.registry import (build_from_checkpoint, checkpoint_method,
-                                        read_checkpoint_config, read_vocabulary)
 from ovs_jax.templates import get_templates
-
-DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "ovs_jax"))
-SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
-
-
-def _finite(x):
-  return None if isinstance(x, float) and math.isnan(x) else x
-
-
-def summarize(counts: np.ndarray, class_names: list[str], num_images: int,
-              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
-  """Counts -> JSON-ready metrics: summary numbers and per-class IoU/ACC (None: no ground truth)."""
-  m = metrics.segmentation_metrics(counts, miou_convention)
-  out = {k: _finite(float(m[k])) for k in SUMMARY}
-  out["miou_convention"] = miou_convention
-  out["num_images"] = num_images
-  out["per_class"] = {n: {"IoU": _finite(float(i)), "ACC": _finite(float(a)), "pixels": int(p)}
-                      for n, i, a, p in zip(class_names, m["IoU"], m["ACC"], counts.sum(1))}
-  return out
-
-
-def results_table(results: dict, datasets: list[str], key: str = "mIoU") -> str:
-  """Markdown table: one row per model, one column per benchmark; the mIoU header names its convention."""
-  conventions = sorted({c["miou_convention"] for row in results.values() for c in row.values()
-                        if "miou_convention" in c})
-  label = f"mIoU, {'/'.join(conventions)} convention" if key == "mIoU" and conventions else key
-  lines = [f"| model ({label}) | " + " | ".join(datasets) + " |", "| --- |" + " ---: |" * len(datasets)]
-  for name, row in results.items():
-    cells = [f"{row[d][key]:.1f}" if row.get(d, {}).get(key) is not None else "–" for d in datasets]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def per_class_table(result: dict) -> str:
-  lines = ["| class | IoU | ACC | GT pixels |", "| --- | ---: | ---: | ---: |"]
-  fmt = lambda v: "–" if v is None else f"{v:.2f}"
-  for name, r in result["per_class"].items():
-    lines.append(f"| {name} | {fmt(r['IoU'])} | {fmt(r['ACC'])} | {r['pixels']} |")
-  return "\n".join(lines)
-
-
-def _slug(name: str) -> str:
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "model"
-
-
-def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: str | Path, *,
-             split: str = "val", root: str | None = None, vocabulary: str | None = None,
-             batch_size: int | None = None, max_images: int | None = None, workers: int = 0,
-             skip_bad: bool = False, sources: dict | None = None,
-             miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
-  """Every model on every dataset; writes results.json/.md and per-class tables into workdir.
-
-  models: {row name: factory(vocabulary) -> SegmentationModel}. vocabulary overrides each
-  dataset's own (a shipped name, a file, or inline classes). sources: {name: source} to use
-  instead of get_dataset (tests). miou_convention: see ovs_jax/metrics.py. Returns
-  {model: {dataset: metrics}}.
-  """
-  metrics.check_miou_convention(miou_convention)
-  workdir = Path(workdir)
-  (workdir / "per_class").mkdir(parents=True, exist_ok=True)
-  batch_size = batch_size or jax.device_count()
-  results, sources = {}, dict(sources or {})
-  for d in datasets:
-    if d not in sources:
-      sources[d] = get_dataset(d, split, root, skip_bad=skip_bad)
-    if len(sources[d]) == 0:
-      raise ValueError(f"{d}/{split}: the dataset has no images")
-  for model_name, factory in models.items():
-    results[model_name] = row = {}
-    for d in datasets:
-      src = sources[d]
-      vocab = read_vocabulary(vocabulary) if vocabulary else load_vocabulary(src.meta.vocabulary)
-      model = factory(vocab)
-      t = time.perf_counter()
-      counts, n = evaluate_source(model, src, cfg, batch_size=batch_size, max_images=max_images,
-                                  workers=workers, desc=f"{model_name} on {d}")
-      row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n,
-                         miou_convention)
-      row[d]["seconds"] = round(time.perf_counter() - t, 2)
-      logging.info("%s on %s: mIoU (%s) %.2f (%d images, %.1f s)", model_name, d, miou_convention,
-                   row[d]["mIoU"] or float("nan"), n, row[d]["seconds"])
-      (workdir / "per_class" / f"{_slug(model_name)}__{d}.md").write_text(per_class_table(row[d]) + "\n")
-  payload = {"inference": dataclasses.asdict(cfg), "split": split, "miou_convention": miou_convention,
-             "results": results}
-  if jax.process_index() == 0:
-    (workdir / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
-    (workdir / "results.md").write_text(
-        "\n\n".join(results_table(results, datasets, k) for k in SUMMARY) + "\n")
-  return results
-
-
-def model_factories(clips: list[str], checkpoints: list[str], names: list[str], *, templates,
-                    hidden_act=None, cache_dir=DEFAULT_CACHE / "text") -> dict:
-  """Row name -> factory(vocabulary). CLIP weights load once; text classifiers per vocabulary."""
-  specs = [("clip", s) for s in clips] + [("checkpoint", s) for s in checkpoints]
-  if names and len(names) != len(specs):
-    raise ValueError(f"--names gives {len(names)} names for {len(specs)} models")
-  out = {}
-  for i, (kind, spec) in enumerate(specs):
-    if kind == "clip":
-      clip = clip_from_spec(spec, hidden_act)
-      default = f"MaskCLIP ({Path(spec).name or spec})"
-      factory = lambda v, clip=clip: maskclip_model(clip, v, templates=templates, cache_dir=cache_dir)
-    else:
-      checkpoint_method(*read_checkpoint_config(spec))  # fail before any data is read
-      default = Path(spec).name
-      factory = lambda v, spec=spec: build_from_checkpoint(spec, v, templates=templates,
-                                                           cache_dir=cache_dir)
-    out[names[i] if names else default] = factory
-  return out
-
 
 FLAGS = flags.FLAGS
 

@@ -1,9 +1,14 @@
-"""Layer factories that attach logical axis names to every parameter (see DESIGN §2), shared by
-the backbones and the heads, and the multi-head attention layer built on `ops.attention`."""
+"""Layer factories that attach logical axis names to every parameter (for the sharding rules,
+docs/scaling.md), shared by the backbones and the heads, and the multi-head attention layer built
+on `ops.attention`."""
 import jax.numpy as jnp
 from flax import nnx
 
 from ovs_jax.ops.attention import multi_head_attention
+
+# Parameters carry logical axis names only; `ovs_jax.sharding` places them on a mesh by rules at
+# jit time, so no mesh is needed to build a model (every model builds its layers from here).
+nnx.use_eager_sharding(False)
 
 xavier = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()

@@ -1,11 +1,12 @@
-"""Optimizer from config: AdamW with per-group learning-rate multipliers, weight-decay masks,
-a poly schedule with optional warmup, and global-norm clipping.
+"""Optimizer from config: AdamW with per-group learning-rate multipliers, weight-decay
+exemptions, a learning-rate schedule and global-norm clipping — every value from `config.optim`.
 
 Groups are chosen by regexes over parameter paths ('clip/vision_model/encoder/layers/0/...'):
-`config.optim.lr_multipliers` is a list of (regex, multiplier), first match wins, default 1.
-With `config.optim.no_decay` (a regex), normalisation layers (modules with a `scale`) and the
-parameters it matches get no weight decay and all others do (detectron2's WEIGHT_DECAY_NORM /
-WEIGHT_DECAY_EMBED = 0); unset, no 0/1-d parameter decays, nor any whose path matches NO_DECAY.
+`lr_multipliers` is a list of (regex, multiplier), first match wins, default 1. Weight decay
+applies to every trainable parameter except normalisation layers (modules with a `scale`), those
+whose path matches `no_decay` (a regex) and, with `no_decay_1d`, every 0/1-d parameter (biases,
+scales, gains). Schedules (`schedule`): 'poly' (to 0 with `poly_power`), 'cosine' (to 0),
+'step' (× `decay_factor` at each of `decay_steps`); each after `warmup_steps` of linear warmup.
 Frozen parameters never reach the optimizer (see `trainable_filter`).
 """
 from __future__ import annotations
@@ -13,12 +14,10 @@ from __future__ import annotations
 import re
 
 import jax
-import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# No weight decay on norms, biases, embeddings, scales and other 0/1-d parameters.
-NO_DECAY = re.compile(r".*(norm|/bias$|embedding|embed$|logit_scale|/scale$|query_feat|query_pos|level_embed)")
+SCHEDULES = ("poly", "cosine", "step")
 
 
 def path_str(path) -> str:
@@ -37,11 +36,22 @@ def trainable_filter(frozen_patterns):
   return keep
 
 
-def poly_schedule(lr, steps, power=0.9, warmup_steps=0):
-  poly = optax.polynomial_schedule(lr, 0.0, power, max(1, steps - warmup_steps))
-  if not warmup_steps:
-    return poly
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup_steps), poly], [warmup_steps])
+def lr_schedule(c, base_lr, total_steps) -> optax.Schedule:
+  """The learning rate per step for `config.optim` c, scaled to `base_lr`."""
+  kind, warmup = c.get("schedule", "poly"), int(c.get("warmup_steps", 0))
+  if kind not in SCHEDULES:
+    raise ValueError(f"config.optim.schedule={kind!r}: expected one of {SCHEDULES}")
+  rest = max(1, total_steps - warmup)
+  if kind == "poly":
+    main = optax.polynomial_schedule(base_lr, 0.0, c.get("poly_power", 0.9), rest)
+  elif kind == "cosine":
+    main = optax.cosine_decay_schedule(base_lr, rest)
+  else:  # boundaries count from step 0, as detectron2's / GKC's SOLVER.STEPS
+    main = optax.piecewise_constant_schedule(
+        base_lr, {max(0, int(b) - warmup): float(c.get("decay_factor", 0.1)) for b in c.get("decay_steps", ())})
+  if not warmup:
+    return main
+  return optax.join_schedules([optax.linear_schedule(0.0, base_lr, warmup), main], [warmup])
 
 
 def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransformation:
@@ -53,21 +63,18 @@ def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransform
     name = path_str(path)
     return next((f"x{m:g}" for p, m in multipliers if p.match(name)), "x1")
   labels = jax.tree_util.tree_map_with_path(group, params)
-  if c.get("no_decay"):  # detectron2-style: norm layers and the named tables; the rest decays
-    exempt, names = re.compile(c.no_decay), {path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  exempt = re.compile(c.no_decay) if c.get("no_decay") else None
+  names = {path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
 
-    def decays(p, x):
-      module, _, leaf = path_str(p).rpartition("/")
-      norm = leaf in ("scale", "bias") and f"{module}/scale" in names  # LayerNorm/GroupNorm
-      return not (norm or exempt.match(path_str(p)))
-    decay_mask = jax.tree_util.tree_map_with_path(decays, params)
-  else:
-    decay_mask = jax.tree_util.tree_map_with_path(
-        lambda p, x: x.ndim > 1 and not NO_DECAY.match(path_str(p)), params)
+  def decays(p, x):
+    module, _, leaf = path_str(p).rpartition("/")
+    norm = leaf in ("scale", "bias") and f"{module}/scale" in names  # LayerNorm/GroupNorm
+    vector = c.get("no_decay_1d", False) and x.ndim <= 1
+    return not (norm or vector or (exempt and exempt.match(path_str(p))))
+  decay_mask = jax.tree_util.tree_map_with_path(decays, params)
 
   def adamw(mult):
-    sched = poly_schedule(c.lr * mult, total_steps, c.get("poly_power", 0.9), c.get("warmup_steps", 0))
-    return optax.adamw(sched, b1=c.get("b1", 0.9), b2=c.get("b2", 0.999), eps=c.get("eps", 1e-8),
+    return optax.adamw(lr_schedule(c, c.lr * mult, total_steps), b1=c.b1, b2=c.b2, eps=c.eps,
                        weight_decay=c.weight_decay, mask=decay_mask)
   groups = {label: adamw(float(label[1:])) for label in set(jax.tree.leaves(labels))}
   chain = [optax.clip_by_global_norm(c.clip_norm)] if c.get("clip_norm") else []
@@ -76,9 +83,4 @@ def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransform
 
 def learning_rate(optim_config, total_steps, step):
   """The base learning rate at `step` (for logging)."""
-  c = optim_config
-  return poly_schedule(c.lr, total_steps, c.get("poly_power", 0.9), c.get("warmup_steps", 0))(step)
-
-
-def global_norm(tree) -> jnp.ndarray:
-  return optax.global_norm(tree)
+  return lr_schedule(optim_config, optim_config.lr, total_steps)(step)

@@ -25,102 +25,35 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from ovs_jax import preprocess, visualize
-from ovs_jax.inference import batching
-from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.engine import make_label_fn
-from ovs_jax.inference.maskclip import clip_from_spec, maskclip_model
-from ovs_jax.inference.registry import (SegmentationModel, build_from_checkpoint,
-                                        read_vocabulary)
+from ovs_jax import preprocess
+from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
+from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, demo_inputs, list_images,
+                                         write_prediction)
+from ovs_jax.methods.maskclip import clip_from_spec
 from ovs_jax.templates import get_templates
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "ovs_jax"))
-
-
-def list_images(spec: str) -> list[Path]:
-  """Comma-separated files and/or folders -> image files, sorted; clear errors when none."""
-  files = []
-  for part in filter(None, (p.strip() for p in spec.split(","))):
-    p = Path(part)
-    if p.is_dir():
-      found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-      if not found:
-        raise ValueError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-      files += found
-    elif p.exists():
-      files.append(p)
-    else:
-      raise FileNotFoundError(f"{p}: no such image file or folder")
-  if not files:
-    raise ValueError("no images given")
-  return files
-
-
-class Segmenter:
-  """A jitted (image -> class ids) function for a fixed model and vocabulary; images share one
-  compiled function per canvas bucket. `model`: a CLIP (MaskCLIP over `vocabulary`) or any
-  SegmentationModel."""
-
-  def __init__(self, model, vocabulary=None, templates=("{}",), short_side=448,
-               cache_dir=DEFAULT_CACHE / "text", *, mode="whole", window=448, stride=224,
-               max_size=2560):
-    if not isinstance(model, SegmentationModel):
-      model = maskclip_model(model, vocabulary, templates=templates, cache_dir=cache_dir)
-    self.names, self.params = model.class_names, model.params
-    self.cfg = InferenceConfig(mode, short_side, max_size, window, stride).for_model(model.input_multiple)
-    self._labels = make_label_fn(model, self.cfg)
-
-  def __call__(self, image: np.ndarray) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W) class ids at the original size."""
-    (h, w), cfg = image.shape[:2], self.cfg
-    resized = batching.resize_image(image, batching.inference_size((h, w), cfg.short_side, cfg.max_size))
-    b = batching.pad_batch({"image": [resized]}, cfg, 0)
-    out_shape = (batching.round_up(h, cfg.label_bucket), batching.round_up(w, cfg.label_bucket))
-    label = self._labels(self.params, b["image"], b["image_hw"], np.array([[h, w]], np.int32), out_shape)
-    return np.asarray(label[0, :h, :w])
-
-
-def write_prediction(out_dir: Path, stem: str, image, label, names, gt=None) -> list[Path]:
-  out_dir.mkdir(parents=True, exist_ok=True)
-  overlay = visualize.overlay_with_legend(image, label, names)
-  paths = [out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_label.png"]
-  overlay.save(paths[0])
-  visualize.save_label_png(label, paths[1])
-  if gt is not None:
-    paths.append(out_dir / f"{stem}_compare.png")
-    visualize.side_by_side([overlay, visualize.overlay_with_legend(image, gt, names)],
-                           ["prediction", "ground truth"]).save(paths[-1])
-  return paths
-
-
-def demo_inputs(num: int):
-  """The embedded demo dataset's first validation images, their labels and vocabulary."""
-  from input_pipeline.demo import demo_dataset
-  from input_pipeline.vocab import load_vocabulary
-  ds = demo_dataset("val")
-  records = [ds[i] for i in range(min(num, len(ds)))]
-  return records, load_vocabulary("demo")
-
-
 FLAGS = flags.FLAGS
-flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, random:<arch> or demo:<arch>")
-flags.DEFINE_string("checkpoint", None, "a trained checkpoint of a registered method instead of --clip")
-flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
-flags.DEFINE_string("images", None, "image files and/or folders, comma-separated")
-flags.DEFINE_string("classes", None, "inline vocabulary: classes separated by ';', synonyms by ','")
-flags.DEFINE_string("vocab", None, "a registered dataset's vocabulary (e.g. ade20k_150) or a vocabulary "
-                    "file, instead of --classes")
-flags.DEFINE_string("gt", None, "folder of ground-truth label PNGs (same file stems) for side-by-side")
-flags.DEFINE_string("templates", "vild", "prompt templates: vild, imagenet or plain")
-flags.DEFINE_integer("short_side", 448, "inference short side in pixels")
-flags.DEFINE_integer("max_size", 2560, "cap on the longer side")
-flags.DEFINE_enum("mode", "whole", ["whole", "slide"], "whole image or sliding window")
-flags.DEFINE_integer("window", 448, "sliding window side")
-flags.DEFINE_integer("stride", 224, "sliding window stride")
-flags.DEFINE_bool("demo", False, "segment the embedded demo images with its vocabulary (offline)")
-flags.DEFINE_integer("num_demo", 4, "how many demo images with --demo")
-flags.DEFINE_string("out", "predictions", "output folder")
+
+
+def define_flags():
+  """Called only when run as a program, so importing this module defines no flags."""
+  flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, random:<arch> or demo:<arch>")
+  flags.DEFINE_string("checkpoint", None, "a trained checkpoint of a registered method instead of --clip")
+  flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
+  flags.DEFINE_string("images", None, "image files and/or folders, comma-separated")
+  flags.DEFINE_string("classes", None, "inline vocabulary: classes separated by ';', synonyms by ','")
+  flags.DEFINE_string("vocab", None, "a registered dataset's vocabulary (e.g. ade20k_150) or a vocabulary "
+                      "file, instead of --classes")
+  flags.DEFINE_string("gt", None, "folder of ground-truth label PNGs (same file stems) for side-by-side")
+  flags.DEFINE_string("templates", "vild", "prompt templates: vild, imagenet or plain")
+  flags.DEFINE_integer("short_side", 448, "inference short side in pixels")
+  flags.DEFINE_integer("max_size", 2560, "cap on the longer side")
+  flags.DEFINE_enum("mode", "whole", ["whole", "slide"], "whole image or sliding window")
+  flags.DEFINE_integer("window", 448, "sliding window side")
+  flags.DEFINE_integer("stride", 224, "sliding window stride")
+  flags.DEFINE_bool("demo", False, "segment the embedded demo images with its vocabulary (offline)")
+  flags.DEFINE_integer("num_demo", 4, "how many demo images with --demo")
+  flags.DEFINE_string("out", "predictions", "output folder")
 
 
 def main(argv):
@@ -165,4 +98,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

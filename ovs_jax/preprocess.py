@@ -19,14 +19,6 @@ def load_rgb(path) -> np.ndarray:
     raise ValueError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
 
 
-def resize_to_patch_multiple(image: np.ndarray, short_side: int, patch: int) -> np.ndarray:
-  """Resize so the short side is ~`short_side` and both sides are multiples of `patch`."""
-  h, w = image.shape[:2]
-  scale = short_side / min(h, w)
-  size = (max(patch, round(w * scale / patch) * patch), max(patch, round(h * scale / patch) * patch))
-  return np.asarray(Image.fromarray(image).resize(size, Image.BICUBIC))
-
-
 def normalize(image: np.ndarray) -> np.ndarray:
   """uint8 (..., 3) -> float32 with CLIP's mean/std."""
   return (image.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD

@@ -85,14 +85,26 @@ def optimizer_shardings(optimizer, opt_state, params_shardings, mesh):
                                transform_non_params=lambda _: replicated(mesh), is_leaf=masked)
 
 
-def train_state_shardings(params, frozen, optimizer, opt_state, mesh) -> dict:
+def rules_from_config(config) -> tuple:
+  """`config.sharding.rules` ([(logical axis, mesh axes)], replacing `RULES`) or the defaults."""
+  rules = (config.get("sharding") or {}).get("rules") or ()
+  for rule in rules:
+    if len(rule) != 2:
+      raise ValueError(f"config.sharding.rules: {rule!r} is not a (logical axis, mesh axes) pair")
+    for axis in (rule[1] if isinstance(rule[1], (list, tuple)) else [rule[1]]):
+      if axis is not None and axis not in MESH_AXES:
+        raise ValueError(f"config.sharding.rules: {rule!r} names mesh axis {axis!r}; expected {MESH_AXES}")
+  return tuple(tuple(r) for r in rules) or RULES
+
+
+def train_state_shardings(params, frozen, optimizer, opt_state, mesh, rules=RULES) -> dict:
   """Shardings of the trainer's state dict {step, params, frozen, opt_state, rng}.
 
   params/frozen: nnx.States (their logical names decide); opt_state: concrete or abstract.
   """
   rep = replicated(mesh)
-  p_sh = param_shardings(params, mesh)
-  return {"step": rep, "params": p_sh, "frozen": param_shardings(frozen, mesh),
+  p_sh = param_shardings(params, mesh, rules)
+  return {"step": rep, "params": p_sh, "frozen": param_shardings(frozen, mesh, rules),
           "opt_state": optimizer_shardings(optimizer, opt_state, p_sh, mesh), "rng": rep}
 
 

@@ -1,15 +1,69 @@
-"""The pure, jitted training step shared by every method.
+"""The train state and the pure, jitted training step shared by every method.
 
-state = {'step', 'params' (trainable nnx.State), 'frozen' (everything else), 'opt_state', 'rng'}.
-A step with a non-finite loss or gradient leaves the state unchanged and reports it, so training
-can stop with a diagnostic and no checkpoint ever holds NaNs.
+state = {'step', 'params' (trainable parameters), 'frozen' (everything else), 'opt_state', 'rng'},
+pure dicts placed by `sharding.train_state_shardings`. `init_train_state` builds it (or its
+abstract, sharded shapes for restore and ahead-of-time compilation) and `jit_train_step` the
+sharded step, for the trainer, restore, export, the benchmarks and the tests alike. A step with a
+non-finite loss or gradient leaves the state unchanged and reports it, so training can stop with a
+diagnostic and no checkpoint ever holds NaNs.
 """
 from __future__ import annotations
+
+import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+
+from ovs_jax import optim, sharding
+
+
+@dataclasses.dataclass
+class TrainState:
+  """graphdef + state (arrays, or ShapeDtypeStructs with shardings when abstract), its shardings
+  and the optimizer that made its opt_state."""
+  graphdef: Any
+  state: dict
+  shardings: dict
+  optimizer: optax.GradientTransformation
+
+
+def init_train_state(method, config, mesh, *, abstract: bool = False, architecture=None,
+                     model=None) -> TrainState:
+  """The train state of `method` under `config` on `mesh`.
+
+  abstract: shapes and shardings only (nothing allocated, no weights read). architecture: build
+  from a saved architecture record instead of the config's weights. model: an already built model.
+  """
+  if model is None:
+    build = lambda: method.build_model(config, architecture)
+    model = nnx.eval_shape(build) if abstract else build()
+  graphdef, params, frozen = nnx.split(model, optim.trainable_filter(config.frozen), ...)
+  pure_params, pure_frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
+  optimizer = optim.make_optimizer(config.optim, config.train.steps, pure_params)
+  opt_state = (jax.eval_shape if abstract else lambda f, x: f(x))(optimizer.init, pure_params)
+  state = {"step": jnp.zeros((), jnp.int32), "params": pure_params, "frozen": pure_frozen,
+           "opt_state": opt_state, "rng": jax.random.PRNGKey(config.seed)}
+  shardings = sharding.train_state_shardings(params, frozen, optimizer, opt_state, mesh,
+                                               sharding.rules_from_config(config))
+  if abstract:
+    state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+  else:
+    state = jax.device_put(state, shardings)
+  return TrainState(graphdef, state, shardings, optimizer)
+
+
+def jit_train_step(method, config, train_state: TrainState, mesh):
+  """The sharded, state-donating step(state, batch, context) -> (state, metrics) of `method`."""
+  def loss_fn(model, batch, rng, context):
+    return method.loss(model, batch, rng, context, config)
+  step = make_train_step(train_state.graphdef, loss_fn, train_state.optimizer, config.train.grad_accum)
+  rep = sharding.replicated(mesh)
+  return sharding.MeshJit(mesh, jax.jit(
+      step, in_shardings=(train_state.shardings, sharding.batch_sharding(mesh), rep),
+      out_shardings=(train_state.shardings, rep), donate_argnums=(0,)))
 
 
 def make_train_step(graphdef, loss_fn, optimizer, grad_accum: int = 1):
@@ -51,3 +105,18 @@ def make_train_step(graphdef, loss_fn, optimizer, grad_accum: int = 1):
     return new, metrics
 
   return step
+
+
+def compile_train_step(method, config, mesh, *, batch_size: int, height: int, width: int,
+                       num_classes: int = 8, synonyms: int = 2):
+  """The real sharded train step compiled ahead of time on `mesh` from abstract inputs (nothing is
+  allocated or run) -> (compiled, abstract TrainState). For memory/sharding checks of a recipe."""
+  ts = init_train_state(method, config, mesh, abstract=True, architecture=None)
+  model = nnx.eval_shape(lambda: method.build_model(config))
+  batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  spec = lambda s, sh: jax.ShapeDtypeStruct(s[0], jnp.dtype(s[1]), sharding=sh)
+  is_spec = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str)
+  batch = {k: spec(v, batch_sh) for k, v in method.batch_spec(config, batch_size, height, width).items()}
+  context = jax.tree.map(lambda s: spec(s, rep), method.context_spec(model, num_classes, synonyms),
+                         is_leaf=is_spec)
+  return jit_train_step(method, config, ts, mesh).lower(ts.state, batch, context).compile(), ts

@@ -1,13 +1,13 @@
-"""The generic trainer: config -> data -> model -> sharded jitted steps -> checkpoints and metrics.
+"""The generic trainer loop: config -> method (data, model, loss) -> sharded jitted steps ->
+checkpoints, evaluators and metrics. State and step are built by `ovs_jax.train_step`.
 
-Resumes automatically from the newest readable checkpoint in `workdir/checkpoints`, evaluates
-mIoU periodically, writes TensorBoard events and console logs (progress bar, step time, images/s,
+Resumes automatically from the newest readable checkpoint in `workdir/checkpoints`, runs the
+config's evaluators (`config.evals`), writes TensorBoard events and console logs (progress bar, step time, images/s,
 ETA), saves a checkpoint on SIGTERM at the next step boundary, and stops with a diagnostic on a
 non-finite loss or gradient (the state is never updated with it, the last checkpoint stays good).
 """
 from __future__ import annotations
 
-import importlib
 import json
 import signal
 import tempfile
@@ -15,58 +15,36 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from etils import epath
-from flax import nnx
-from jax.sharding import NamedSharding
 from tqdm import tqdm
 
-from ovs_jax import distributed, optim, sharding
+from ovs_jax import distributed, evaluators, optim, sharding
 from ovs_jax.checkpointing import Checkpointer
-from ovs_jax.metrics import check_miou_convention
-from ovs_jax.models import clip_config
+from ovs_jax.methods.registry import get_method
+from ovs_jax.restore import write_run_config
 from ovs_jax.templates import get_templates
-from ovs_jax.train_step import make_train_step
-
-TRAINABLE_METHODS = {"maft_plus": "ovs_jax.methods.maft_plus"}
+from ovs_jax.train_step import init_train_state, jit_train_step
 
 
 class NonFiniteError(RuntimeError):
   """Training produced a NaN/Inf loss or gradient."""
 
 
-def get_method(name: str):
-  if name not in TRAINABLE_METHODS:
-    raise ValueError(f"config.method={name!r}: expected one of {sorted(TRAINABLE_METHODS)}")
-  return importlib.import_module(TRAINABLE_METHODS[name])
-
-
-def _datasets(config):
+def _train_source(config):
   from input_pipeline.datasets import get_dataset
   from ovs_jax.inference.engine import FirstRecords
   d = config.data
-  kw = dict(root=d.root or None, skip_bad=d.skip_bad)
-  train = get_dataset(d.train, "train", **kw)
+  train = get_dataset(d.train, "train", root=d.root or None, skip_bad=d.skip_bad)
   if d.get("train_max_images"):  # a fixed small subset (overfitting checks, smoke runs)
     train = FirstRecords(train, d.train_max_images)
-  return train, get_dataset(d.val, d.get("val_split", "val"), **kw)
-
-
-def _train_iterator(config, source, mesh):
-  from input_pipeline import loader, mappers
-  from input_pipeline.global_batch import DevicePrefetcher
-  d = config.data
-  # Image shapes vary by batch with mask_former_semantic: jit compiles once per canvas.
-  mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
-  it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
-                                     worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
-  return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+  return train
 
 
 class Run:
-  """Everything a training run holds: built once from the config, then `train()`."""
+  """Everything a training run holds: built once from the config, then `train()`. The method
+  (`config.method`, `ovs_jax/methods/registry.py`) supplies model, data, loss and inference."""
 
   def __init__(self, config, workdir):
     # Checkpoints, config.json and train_result.json go to `workdir` (local or gs://); logs,
@@ -79,50 +57,34 @@ class Run:
     if remote:
       tqdm.write(f"workdir {workdir} is remote: logs, TensorBoard and pictures go to {self.local_dir}")
     self.method = get_method(config.method)
-    # checked now, not hours later at the first eval
-    check_miou_convention(config.eval.miou_convention, "config.eval.miou_convention")
+    if not self.method.trainable:
+      raise ValueError(f"config.method={config.method!r} is training-free; evaluate it with "
+                       "python -m ovs_jax.evaluate")
+    self.evaluators = evaluators.from_config(config)  # checked now, not hours later
     self.mesh = sharding.make_mesh(config.mesh.to_dict())
     shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * config.train.grad_accum
     if config.train.batch_size % shards:
       raise ValueError(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
                        f"data×fsdp devices × grad_accum = {shards} (mesh {dict(self.mesh.shape)})")
     from input_pipeline.vocab import load_vocabulary
-    self.train_source, self.val_source = _datasets(config)
+    self.train_source = _train_source(config)
     self.train_vocab = load_vocabulary(self.train_source.vocabulary)
-    self.val_vocab = load_vocabulary(self.val_source.vocabulary)
     self.templates = get_templates(config.clip.templates)
     self.cache_dir = self.local_dir / "cache"
     model = self.method.build_model(config)
-    if jax.process_index() == 0:  # the resolved config + CLIP architecture: read by evaluate/predict/convert
-      saved = dict(config.to_dict(), clip_architecture=clip_config.to_hf_dict(model.clip.config))
-      (self.workdir / "config.json").write_text(json.dumps(saved, indent=2, default=str))
-    self.context = self.method.text_context(model, self.train_vocab, self.templates,
-                                            self.cache_dir)
-    self.graphdef, params, frozen = nnx.split(model, optim.trainable_filter(config.frozen), ...)
-    t = config.train
-    pure = nnx.to_pure_dict(params)
-    self.optimizer = optim.make_optimizer(config.optim, t.steps, pure)
-    state = {"step": jnp.zeros((), jnp.int32), "params": pure,
-             "frozen": nnx.to_pure_dict(frozen), "opt_state": self.optimizer.init(pure),
-             "rng": jax.random.PRNGKey(config.seed)}
-    rep = sharding.replicated(self.mesh)
-    self.state_sharding = sharding.train_state_shardings(params, frozen, self.optimizer, state["opt_state"],
-                                                         self.mesh)
-    self.state = jax.device_put(state, self.state_sharding)
-    for path, shape, nbytes in sharding.replicated_parameters(state, self.state_sharding):
+    if jax.process_index() == 0:  # read by restore, evaluate, predict and convert
+      write_run_config(self.workdir, config, self.method.architecture(model))
+    self.context = jax.device_put(
+        self.method.train_context(model, config, self.train_vocab, self.templates, self.cache_dir),
+        sharding.replicated(self.mesh))
+    ts = init_train_state(self.method, config, self.mesh, model=model)
+    self.graphdef, self.state, self.state_sharding = ts.graphdef, ts.state, ts.shardings
+    for path, shape, nbytes in sharding.replicated_parameters(self.state, self.state_sharding):
       logging.warning("replicated on all %d devices: %s %s (%.1f MiB); add a logical-axis rule or "
                       "resize the mesh", self.mesh.size, path, shape, nbytes / 2**20)
-    self.context = jax.device_put(self.context, rep)
-    loss_config = config.loss
-
-    def loss_fn(model, batch, rng, context):
-      return self.method.loss_fn(model, batch, rng, *context, loss_config)
-    step = make_train_step(self.graphdef, loss_fn, self.optimizer, t.grad_accum)
-    self.train_step = sharding.MeshJit(self.mesh, jax.jit(
-        step, in_shardings=(self.state_sharding, sharding.batch_sharding(self.mesh), rep),
-        out_shardings=(self.state_sharding, rep), donate_argnums=(0,)))
-    self.data = _train_iterator(config, self.train_source, self.mesh)
-    self.ckpt = Checkpointer(self.workdir / "checkpoints", keep=t.keep_checkpoints)
+    self.train_step = jit_train_step(self.method, config, ts, self.mesh)
+    self.data = self.method.train_data(config, self.train_source, self.mesh)
+    self.ckpt = Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints)
     self._stop_requested = False
 
   # ---- checkpoints ----
@@ -141,40 +103,27 @@ class Run:
   def save(self, step, force=False):
     self.ckpt.save(step, self.state, self.data, {"config": self.config.to_dict(), "step": step}, force=force)
 
-  # ---- evaluation and pictures ----
-  def segmentation_model(self, vocabulary, name="maft_plus"):
+  # ---- evaluation ----
+  def segmentation_model(self, vocabulary, name=None):
+    """The current model over `vocabulary`, as the method does inference."""
     return self.method.segmentation_model(
-        self.graphdef, (self.state["params"], self.state["frozen"]), vocabulary, self.templates,
-        self.cache_dir, name, self.method.ensemble_from_config(self.config, vocabulary, self.train_vocab))
+        self.graphdef, (self.state["params"], self.state["frozen"]), self.config, vocabulary,
+        templates=self.templates, cache_dir=self.cache_dir, train_vocabulary=self.train_vocab,
+        name=name)
 
-  def evaluate(self) -> dict:
-    from ovs_jax.evaluate import summarize
-    from ovs_jax.inference.batching import eval_settings
-    from ovs_jax.inference.engine import evaluate_source
-    d = self.config.data
-    model = self.segmentation_model(self.val_vocab)
-    mesh = self._eval_mesh()
-    cfg, batch_size = eval_settings(d, mesh.size)
-    counts, n = evaluate_source(model, self.val_source, cfg, batch_size=batch_size, mesh=mesh,
-                                max_images=d.eval_max_images or None, desc=f"eval {d.val}")
-    return summarize(counts, model.class_names, n, self.config.eval.miou_convention)
-
-  def _eval_mesh(self):
-    from ovs_jax.inference.engine import data_mesh
-    return data_mesh()
-
-  def write_predictions(self, step: int, num: int):
-    from ovs_jax.inference.batching import eval_settings
-    from ovs_jax.predict import Segmenter, write_prediction
-    cfg, _ = eval_settings(self.config.data, 1)
-    segment = Segmenter(self.segmentation_model(self.val_vocab), short_side=cfg.short_side,
-                        max_size=cfg.max_size)
-    out = self.local_dir / "predictions" / f"step_{step}"
-    for i in range(min(num, len(self.val_source))):
-      rec = self.val_source[i]
-      write_prediction(out, Path(rec["file_name"]).stem, rec["image"], segment(rec["image"]),
-                       segment.names, rec["label"])
-    return out
+  def run_evaluators(self, step: int, total: int, writer=None) -> dict:
+    """Every evaluator due at `step` -> {name: results}; scalars logged under `eval/<name>`."""
+    results = {}
+    for name, ev in self.evaluators.items():
+      if not evaluators.due(ev.every, step, total):
+        continue
+      results[name] = r = ev.run(self.segmentation_model, step, self.local_dir)
+      if writer is not None:
+        _log(writer, step, {k: v for k, v in r.items() if isinstance(v, (int, float))}, f"eval/{name}")
+      if "mIoU" in r:
+        tqdm.write(f"step {step}: {name} ({ev.dataset}) mIoU ({r['miou_convention']}) "
+                   f"{r['mIoU']:.2f}  pAcc {r['pACC']:.2f}")
+    return results
 
   # ---- the loop ----
   def train(self) -> dict:
@@ -216,12 +165,10 @@ class Run:
           result["preempted"] = True
           result["step"] = done  # the step of the checkpoint just saved
           break
-        if t.eval_every and (done % t.eval_every == 0 or done == t.steps):  # 0: never
-          ev = self.evaluate()
-          _log(writer, done, {k: v for k, v in ev.items() if np.isscalar(v)}, "eval")
-          tqdm.write(f"step {done}: {self.config.data.val} mIoU ({ev['miou_convention']}) "
-                     f"{ev['mIoU']:.2f}  pAcc {ev['pACC']:.2f}")
-          result["eval"] = ev
+        evals = self.run_evaluators(done, t.steps, writer)
+        if evals:
+          result.setdefault("evals", {}).update(evals)
+          result["eval"] = next((r for r in evals.values() if "mIoU" in r), result.get("eval"))
         result["step"] = done
       if pending is not None:
         self._check(*pending, history)
@@ -232,8 +179,6 @@ class Run:
       self.ckpt.close()
       writer.close()
     result["history"] = history
-    if not result.get("preempted") and t.num_predictions:
-      result["predictions"] = str(self.write_predictions(result["step"], t.num_predictions))
     (self.workdir / "train_result.json").write_text(json.dumps(
         {k: v for k, v in result.items() if k != "history"}, indent=2, default=_jsonable))
     return result

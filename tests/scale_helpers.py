@@ -12,37 +12,31 @@ ROOT = Path(__file__).resolve().parents[1]
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
+def _scale_overrides(mesh: dict, steps: int) -> dict:
+  """The demo recipe shrunk until a step compiles in well under a minute (fp32); eval at the end."""
+  sizes = dict(dict(data=1, fsdp=1, tensor=1), **mesh)
+  return {
+      "clip.weights": "random", "model.num_queries": 8, "model.dec_layers": 1, "model.enc_layers": 1,
+      "model.enc_ffn_dim": 32, "model.dec_ffn_dim": 32, "model.hidden_dim": 32, "model.dtype": "float32",
+      "loss.num_points": 64, "data.num_masks": 4, "data.crop_size": 64, "data.worker_count": 0,
+      "evals.val.short_side": 64, "evals.val.batch_size": 8, "evals.val.max_images": 8,
+      "evals.val.every": 1000, "evals.pictures.every": -1, "train.steps": steps,
+      "train.log_every": 1, "train.ckpt_every": 1000,
+      # Adam eps 1e-3 instead of 1e-8: parameters whose exact gradient is zero (attention key
+      # biases, biases right before a normalisation) get roundoff-level gradients whose sign
+      # depends on the reduction order of sharded sums; g/(sqrt(v)+1e-8) would make them ±lr steps.
+      "optim.eps": 1e-3, **{f"mesh.{k}": v for k, v in sizes.items()}}
+
+
 def tiny_config(mesh: dict, steps: int = 3):
-  """The demo recipe shrunk until a step compiles in well under a minute (fp32)."""
   from configs.cdt_vitb import get_config
-  c = get_config("demo")
-  c.clip.weights = "random"
-  c.model.update(num_queries=8, dec_layers=1, enc_layers=1, enc_ffn_dim=32, dec_ffn_dim=32,
-                 hidden_dim=32, dtype="float32")
-  c.loss.num_points = 64
-  c.data.update(num_masks=4, crop_size=64, eval_short_side=64, eval_batch_size=8,
-                eval_max_images=8, worker_count=0)
-  c.train.update(steps=steps, log_every=1, ckpt_every=1000, eval_every=1000, num_predictions=0)
-  # Adam eps 1e-3 instead of 1e-8: parameters whose exact gradient is zero (attention key biases,
-  # biases right before a normalisation) get roundoff-level gradients whose sign depends on the
-  # reduction order of sharded sums, and g/(sqrt(v)+1e-8) would turn them into ±lr steps.
-  c.optim.eps = 1e-3
-  c.mesh = dict(dict(data=1, fsdp=1, tensor=1), **mesh)
-  return c
+  from trainer_helpers import apply_overrides
+  return apply_overrides(get_config("demo"), _scale_overrides(mesh, steps))
 
 
 def config_flags(mesh: dict, steps: int) -> list[str]:
   """The same tiny config as command-line overrides of configs/cdt_vitb.py:demo."""
-  c = tiny_config(mesh, steps)
-  out = ["--config.clip.weights=random"]
-  for group, keys in (("model", ["num_queries", "dec_layers", "enc_layers", "enc_ffn_dim", "dec_ffn_dim",
-                                 "hidden_dim"]), ("loss", ["num_points"]),
-                      ("data", ["num_masks", "crop_size", "eval_short_side", "eval_max_images"]),
-                      ("train", ["steps", "log_every", "ckpt_every", "eval_every", "num_predictions"]),
-                      ("mesh", ["data", "fsdp", "tensor"])):
-    out += [f"--config.{group}.{k}={c[group][k]}" for k in keys]
-  out.append(f"--config.optim.eps={c.optim.eps}")
-  return out
+  return [f"--config.{k}={v}" for k, v in _scale_overrides(mesh, steps).items()]
 
 
 def train_steps(run, n: int):
@@ -67,8 +61,9 @@ def train_steps(run, n: int):
   return losses, params, seen
 
 
-def assert_trees_close(actual, expected, rtol=1e-5, what="params", floor=3e-4):
-  """Per leaf: max|a-b| ≤ rtol · max(max|b|, floor). The floor (the tiny config's learning rate)
+def assert_trees_close(actual, expected, rtol=2e-5, what="params", floor=3e-4):
+  """Per leaf: max|a-b| ≤ rtol · max(max|b|, floor): fp32 roundoff of sharded sums in reordered
+  reductions reaches ~1e-5 after a few Adam steps on small biases. The floor (the tiny config's learning rate)
   judges zero-initialised parameters with an exactly-zero gradient (attention key biases, biases
   before a normalisation), which only ever move by roundoff, against the size of a real step."""
   import jax

@@ -65,3 +65,19 @@ def test_text_classifier_rows_differ_and_export_keeps_the_pooling(tmp_path):
   ids = tokenize(NAMES)
   np.testing.assert_allclose(_reference(back, *random_inputs(batch=1)[:1], ids)[1],
                              _reference(hf, *random_inputs(batch=1)[:1], ids)[1], atol=1e-6)
+
+
+def test_text_forward_from_token_embeddings_is_the_ids_forward(tmp_path):
+  """The entry point for learned prompts: embeddings of real ids give transformers' features, and
+  a context vector spliced in changes the features while the EOT still pools its own position."""
+  hf, d = _legacy_hf_dir(tmp_path)
+  ours = load_clip(d)
+  ids = jnp.asarray(tokenize(NAMES))
+  eot = jnp.argmax(ids, -1)
+  emb = ours.text_model.embeddings.token_embedding(ids)
+  got = np.asarray(ours.text_features_from_embeddings(emb, eot))
+  np.testing.assert_allclose(got, _reference(hf, *random_inputs(batch=1)[:1], np.asarray(ids))[1],
+                             atol=1e-4, rtol=0)
+  spliced = emb.at[:, 1].set(0.5)  # a learned context vector in place of the first word
+  moved = np.asarray(ours.text_features_from_embeddings(spliced, eot))
+  assert np.abs(moved - got).max() > 1e-3

@@ -109,7 +109,7 @@ def test_pretraining_learns_and_the_cached_weights_reload(cache, capsys):
 def test_demo_weights_in_configs_and_specs_load_the_cached_clip(cache, monkeypatch):
   """`config.clip.weights="demo"` (the demo recipe) and `--clip=demo:tiny` read the cached CLIP."""
   from configs.cdt_vitb import get_config
-  from ovs_jax.inference.maskclip import clip_from_spec
+  from ovs_jax.methods.maskclip import clip_from_spec
   from ovs_jax.methods.common import clip_from_config
   build = demo_clip.demo_clip_dir
   monkeypatch.setattr(demo_clip, "demo_clip_dir",

@@ -12,10 +12,10 @@ from input_pipeline.demo import demo_dataset
 from input_pipeline.files import DataError
 from input_pipeline.source import DatasetMeta
 from input_pipeline.synthetic import write_fake_split
-from ovs_jax import evaluate as ev
+from ovs_jax import evaluation as ev
 from ovs_jax import preprocess
 from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.registry import SegmentationModel
+from ovs_jax.inference.segmentation_model import SegmentationModel
 from ovs_jax.interchange.errors import CheckpointError
 
 

@@ -19,7 +19,8 @@ from ovs_jax.checkpointing import Checkpointer
 from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.methods import maft_plus
 from ovs_jax.models import clip_config
-from ovs_jax.restore import abstract_train_state, restore_workdir
+from ovs_jax.restore import restore_workdir, write_run_config
+from ovs_jax.train_step import init_train_state
 from ovs_jax.torch_export import checkpoint as export
 from ovs_jax.torch_export.maft_plus_torch import MAFTPlusTorch, build_text_classifier, load_text_classifier
 
@@ -29,7 +30,7 @@ def random_model(config, seed=0, zero=()):
 
   Parameters under the path prefixes `zero` are zeros instead (parts a test does not run).
   """
-  model = nnx.eval_shape(lambda: maft_plus.build_model(config))
+  model = nnx.eval_shape(lambda: maft_plus.METHOD.build_model(config))
   rng = np.random.default_rng(seed)
   state = nnx.state(model, nnx.Param)
   normal = lambda shape: rng.standard_normal(shape, dtype=np.float32)
@@ -59,15 +60,10 @@ def random_model(config, seed=0, zero=()):
 def save_workdir(model, config, workdir, step=3, mesh=None):
   """A training workdir as the trainer writes it (config.json + sharded orbax train state)."""
   mesh = mesh or sharding.make_mesh({"data": 1, "fsdp": len(jax.devices())})
-  _, abstract, optimizer = abstract_train_state(maft_plus, config, mesh)
-  _, params, frozen = nnx.split(model, optim.trainable_filter(config.frozen), ...)
-  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
-  state = {"step": jnp.asarray(step, jnp.int32), "params": params, "frozen": frozen,
-           "opt_state": jax.jit(optimizer.init)(params), "rng": jax.random.PRNGKey(0)}
-  state = jax.device_put(state, jax.tree.map(lambda a: a.sharding, abstract))
+  ts = init_train_state(maft_plus.METHOD, config, mesh, model=model)
+  state = dict(ts.state, step=jax.device_put(jnp.asarray(step, jnp.int32), ts.shardings["step"]))
   workdir.mkdir(parents=True)
-  saved = dict(config.to_dict(), clip_architecture=clip_config.to_hf_dict(model.clip.config))
-  (workdir / "config.json").write_text(json.dumps(saved, default=str))
+  write_run_config(workdir, config, maft_plus.METHOD.architecture(model))
   ckpt = Checkpointer(workdir / "checkpoints", use_async=False)
   ckpt.save(step, state, force=True)
   ckpt.close()
@@ -184,7 +180,7 @@ def test_edited_torch_state_comes_back(demo):
   with torch.no_grad():
     tmodel.cdt.mlp.bias.add_(1.0)
   save_file({k: v.contiguous() for k, v in tmodel.state_dict().items()}, str(src / "model.safetensors"))
-  model = nnx.eval_shape(lambda: maft_plus.build_model(demo_config()))
+  model = nnx.eval_shape(lambda: maft_plus.METHOD.build_model(demo_config()))
   _, sd = export.read_export(src)
   export.load_model_state(model, sd, source="edited")
   np.testing.assert_array_equal(np.asarray(model.cdt.mlp.bias[...]),

@@ -84,7 +84,7 @@ def test_maft_plus_with_remat_has_the_same_loss_and_gradients(tmp_path):
   batch, _ = next(run.data)
   text, index = run.context
   state = (run.state["params"], run.state["frozen"])
-  remat_model = maft_plus.build_model(tiny_config(model__enc_layers=2, model__dtype="float32",
+  remat_model = maft_plus.METHOD.build_model(tiny_config(model__enc_layers=2, model__dtype="float32",
                                                   model__remat=True))
   results = []
   for model in (nnx.merge(run.graphdef, *state), remat_model):

@@ -8,7 +8,7 @@ import torch
 from clip_helpers import ours_from_hf, random_hf_clip, small_hf_config
 from ovs_jax.inference import batching, engine, windows
 from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.maskclip import maskclip_model
+from ovs_jax.methods.maskclip import maskclip_model
 
 
 def test_scores_to_labels_matches_torch_bilinear_then_argmax():
@@ -105,7 +105,7 @@ def test_padding_is_the_mean_colour_and_defaults_are_the_test_protocol():
   import ml_collections
   from configs.cdt_vitb import get_config
   from ovs_jax import preprocess
-  from ovs_jax.inference.registry import SegmentationModel
+  from ovs_jax.inference.segmentation_model import SegmentationModel
   cfg = InferenceConfig()
   assert (cfg.mode, cfg.short_side, cfg.max_size) == ("whole", 800, 1333)
   assert batching.inference_size((480, 640), cfg.short_side, cfg.max_size) == (800, 1067)
@@ -118,9 +118,6 @@ def test_padding_is_the_mean_colour_and_defaults_are_the_test_protocol():
   assert seen.shape == (1, 32, 32, 3)
   np.testing.assert_allclose(seen[0, :20, :30], preprocess.normalize(image), atol=1e-5)
   assert (seen[0, 20:] == 0).all() and (seen[0, :, 30:] == 0).all()
-  d = get_config().data
-  got, batch = batching.eval_settings(d, num_devices=4)
-  assert (got.short_side, got.max_size, batch) == (800, 1333, 4)  # one image per device
-  got, batch = batching.eval_settings(get_config("demo").data, num_devices=4)
-  assert (got.short_side, batch) == (128, 8)  # the demo stays small
-  assert batching.eval_settings(ml_collections.ConfigDict(dict(d, eval_batch_size=16)), 4)[1] == 16
+  val = get_config().evals.val  # the recipe's evaluator: the test protocol, one image per device
+  assert (val.short_side, val.max_size, val.batch_size) == (800, 1333, 0)
+  assert (get_config("demo").evals.val.short_side, get_config("demo").evals.val.batch_size) == (128, 8)

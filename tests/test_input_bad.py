@@ -8,6 +8,7 @@ from PIL import Image
 
 from input_pipeline import datasets, loader, synthetic
 from input_pipeline.files import DataError
+from ovs_jax.inference.batching import ResizeForEval
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_skip_bad_records_are_counted_and_logged(ade, caplog):
   assert src.skips.count == 2
   assert "skipping bad record (2 skipped so far" in caplog.text and "val_000003.png" in caplog.text
   # Eval marks skipped records invalid (every record slot still appears once).
-  batches = list(loader.make_eval_loader(src, 4, size=16, shard_index=0, shard_count=1))
+  batches = list(loader.make_eval_loader(src, 4, [ResizeForEval(16, 16)], shard_index=0, shard_count=1))
   assert batches[0]["valid"].tolist() == [True, False, True, False]
   # Training replaces them with the next good record: batches keep their size.
   it = iter(loader.make_train_loader(src, 2, min_size=(16,), num_epochs=1,

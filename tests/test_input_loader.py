@@ -38,6 +38,7 @@ _RESUME = """
 import json, sys
 import numpy as np
 from input_pipeline import demo, loader
+from ovs_jax.inference.batching import ResizeForEval
 if __name__ == "__main__":
   cache, state_file, out = sys.argv[1:]
   src = demo.demo_dataset("train", cache_dir=cache, **{small})
@@ -90,14 +91,15 @@ def test_eval_hosts_padded_and_covering(cache):
   src = demo.demo_dataset("val", cache_dir=cache, **SMALL)  # 5 records, 2 hosts x 2 per step
   seen = []
   for host in range(2):
-    batches = list(loader.make_eval_loader(src, 4, size=32, shard_index=host, shard_count=2))
+    batches = list(loader.make_eval_loader(src, 4, [ResizeForEval(32, 32)], shard_index=host,
+                                           shard_count=2))
     assert len(batches) == 2  # every host runs the same number of steps
-    for b in batches:
-      assert b["image"].shape == (2, 32, 32, 3) and b["label_orig"].shape == (2, 40, 48)
+    for b in batches:  # resized images, labels at their original size
+      assert b["image"].shape == (2, 27, 32, 3) and b["label"].shape == (2, 40, 48)
       seen += [n for n, v in zip(b["file_name"], b["valid"]) if v]
   assert sorted(seen) == sorted(p[0] for p in src.pairs)
   with pytest.raises(ValueError, match="global_batch_size 5 is not divisible by the 2 hosts"):
-    loader.make_eval_loader(src, 5, shard_index=0, shard_count=2)
+    loader.make_eval_loader(src, 5, [ResizeForEval(32, 32)], shard_index=0, shard_count=2)
 
 
 def test_global_batch_and_device_prefetch_state(cache, tmp_path):

@@ -9,9 +9,12 @@ from ovs_jax.losses.mask_losses import (classification_loss, dice_loss, pairwise
                                         pairwise_dice_cost, sigmoid_bce_loss)
 from ovs_jax.losses.matching import hungarian_matcher
 from ovs_jax.losses.point_sampling import uncertainty_points, uniform_points
+from configs.cdt_vitb import get_config
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss, set_loss
 
 RNG = np.random.default_rng(0)
+
+RECIPE = get_config()
 
 
 def _sigmoid(x):
@@ -110,7 +113,7 @@ def test_matcher_matches_numpy_and_scipy():
 
 def test_set_loss_matches_numpy():
   logits, masks, targets = _problem()
-  cfg = MaskLossConfig(num_points=24)
+  cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=24)
   rng = jax.random.key(5)
   got = jax.jit(set_loss, static_argnums=5)(rng, logits, masks, targets, 3.0, cfg)
 
@@ -135,7 +138,7 @@ def test_set_loss_matches_numpy():
 
 def test_deep_supervision_sums_every_set():
   logits, masks, targets = _problem()
-  cfg = MaskLossConfig(num_points=16)
+  cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=16)
   sets = [{'pred_logits': logits * s, 'pred_masks': masks * s} for s in (1.0, -0.5)]
   rng = jax.random.key(9)
   total, terms = jax.jit(mask_classification_loss, static_argnums=4)(rng, sets, targets, None, cfg)
@@ -168,7 +171,7 @@ def test_perfect_prediction_beats_inverted_prediction():
     logits[i, q, 5] = -20.0
     masks[i, np.flatnonzero(~targets['valid'][i])] = -20.0
   loss = jax.jit(mask_classification_loss, static_argnums=4)
-  cfg = MaskLossConfig(num_points=64)
+  cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=64)
   _, good = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': masks}], targets, None, cfg)
   _, bad = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': -masks}], targets, None, cfg)
   assert good['loss_ce'] < 1e-3

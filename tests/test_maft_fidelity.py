@@ -24,7 +24,7 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope="module")
 def model():
-  m = maft_plus.build_model(tiny_config(model__dtype="float32"))
+  m = maft_plus.METHOD.build_model(tiny_config(model__dtype="float32"))
   # The student moves away from the teacher (as after training) so RC has a gradient.
   vision = nnx.state(m.clip.vision_model, nnx.Param)
   keys = iter(jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(vision))))
@@ -69,7 +69,7 @@ def test_mask_classification_losses_never_reach_the_clip_image_tower(model):
   teacher = model.teacher_trunk(x)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   c = tiny_config().loss
-  cfg = MaskLossConfig(c.class_weight, c.mask_weight, c.dice_weight, c.void_weight, 64, 3.0, 0.75)
+  cfg = MaskLossConfig.from_config(c, num_points=64)
 
   def terms(p):
     out = nnx.merge(graphdef, p, rest)(x, text, index)

@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from clip_helpers import random_hf_clip, small_hf_config
-from ovs_jax.inference.maskclip import clip_from_spec
-from ovs_jax.predict import Segmenter, list_images
+from ovs_jax.methods.maskclip import clip_from_spec
+from ovs_jax.inference.segmenter import Segmenter, list_images
 from input_pipeline.vocab import parse_vocabulary
 
 

@@ -30,10 +30,12 @@ def test_logical_rules_shard_only_dividing_axes():
 
 
 def _abstract_state(mesh, config=None):
-  from ovs_jax.restore import abstract_train_state
-  from ovs_jax.trainer import get_method
+  """(graphdef, abstract state, optimizer), as `init_train_state(abstract=True)` builds them."""
+  from ovs_jax.methods.registry import get_method
+  from ovs_jax.train_step import init_train_state
   config = config or tiny_config({})
-  return abstract_train_state(get_method(config.method), config, mesh)
+  ts = init_train_state(get_method(config.method), config, mesh, abstract=True)
+  return ts.graphdef, ts.state, ts.optimizer
 
 
 def test_replicated_parameter_check():

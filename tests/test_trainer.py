@@ -53,14 +53,13 @@ def test_frozen_groups_stay_bit_identical_and_trainable_ones_move(tmp_path):
 def test_official_mapper_trains_on_several_canvases_with_grad_accum(tmp_path):
   """mask_former_semantic batches change shape with their images: the jitted step (and gradient
   accumulation) compiles once per canvas."""
-  from ovs_jax.trainer import _train_iterator
   cfg = tiny_config(data__train_mapper="mask_former_semantic", data__min_size_train=(64,),
                     data__max_size_train=96, train__grad_accum=2, mesh__data=4)
   run = Run(cfg, tmp_path)
   shapes = []
   for short in (64, 96):  # demo images are 160x160: canvases 64x64, then 96x96
     cfg.data.min_size_train = (short,)
-    run.data = _train_iterator(cfg, run.train_source, run.mesh)
+    run.data = run.method.train_data(cfg, run.train_source, run.mesh)
     batch, _ = next(run.data)
     shapes.append(batch["image"].shape[1:3])
     assert (np.asarray(batch["image_hw"]) == short).all()
@@ -147,10 +146,10 @@ def test_bad_config_keys_and_missing_inputs_are_named(tmp_path):
   cfg = tiny_config()
   cfg.clip.weights = ""
   with pytest.raises(ValueError, match=r"config.clip.weights is not set.*--config.clip.weights=PATH"):
-    maft_plus.build_model(cfg)
+    maft_plus.METHOD.build_model(cfg)
   cfg.clip.weights = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match=r"nowhere: not found.*huggingface-cli download"):
-    maft_plus.build_model(cfg)
+    maft_plus.METHOD.build_model(cfg)
   cfg = tiny_config()
   cfg.data.update(train="ade20k_150", root=str(tmp_path / "datasets"))
   with pytest.raises(Exception, match=r"ADEChallengeData2016"):
@@ -158,9 +157,9 @@ def test_bad_config_keys_and_missing_inputs_are_named(tmp_path):
 
 
 def test_unknown_miou_convention_fails_before_training(tmp_path):
-  with pytest.raises(ValueError, match="config.eval.miou_convention='published': expected one of "
+  with pytest.raises(ValueError, match="config.evals.val.miou_convention='published': expected one of "
                                        "maft_plus, detectron2"):
-    Run(tiny_config(eval__miou_convention="published"), tmp_path)
+    Run(tiny_config(evals__val__miou_convention="published"), tmp_path)
 
 
 def _losses(workdir):

@@ -8,18 +8,27 @@ TINY = {
     "model.num_queries": 8, "model.hidden_dim": 32, "model.enc_layers": 1, "model.enc_ffn_dim": 64,
     "model.dec_layers": 1, "model.dec_ffn_dim": 64, "model.num_heads": 2, "model.deform_points": 1,
     "model.cdt_heads": 2, "loss.num_points": 256, "data.crop_size": 64, "data.num_masks": 6,
-    "data.eval_short_side": 64, "data.eval_max_images": 8, "train.batch_size": 8, "train.steps": 4,
-    "train.log_every": 1, "train.ckpt_every": 2, "train.eval_every": 0, "train.num_predictions": 0,
+    "evals.val.short_side": 64, "evals.val.max_images": 8, "evals.val.every": -1,
+    "evals.pictures.short_side": 64, "evals.pictures.every": -1, "train.batch_size": 8,
+    "train.steps": 4, "train.log_every": 1, "train.ckpt_every": 2,
 }
+
+
+def apply_overrides(config, overrides: dict):
+  """Set dotted keys ('evals.val.every') of a ConfigDict, as --config.a.b=v does."""
+  for key, value in overrides.items():
+    *groups, field = key.split(".")
+    node = config
+    for g in groups:
+      node = node[g]
+    node[field] = value
+  return config
 
 
 def tiny_config(**overrides):
   """The demo config shrunk by TINY, then `overrides` ('train__steps'=6 sets train.steps)."""
-  c = get_config("demo")
-  for key, value in {**TINY, **{k.replace("__", "."): v for k, v in overrides.items()}}.items():
-    group, field = key.split(".")
-    c[group][field] = value
-  return c
+  return apply_overrides(get_config("demo"), {**TINY, **{k.replace("__", "."): v
+                                                         for k, v in overrides.items()}})
 
 
 def train_command(workdir, *extra):

@@ -50,13 +50,6 @@ class InferenceConfig:
         raise ValueError(f"{name}={v} is not a multiple of the model's input multiple {multiple}")
 
 
-def eval_settings(data, num_devices: int) -> tuple[InferenceConfig, int]:
-  """A recipe's `config.data` -> (whole-image InferenceConfig, global eval batch); batch 0 means
-  one image per device, as detectron2's test loader (one image per GPU)."""
-  cfg = InferenceConfig(short_side=data.eval_short_side, max_size=data.get("eval_max_size", 1333))
-  return cfg, data.eval_batch_size or num_devices
-
-
 def inference_size(hw, short_side: int, max_size: int | None) -> tuple[int, int]:
   """detectron2's ResizeShortestEdge: short side -> short_side, longer side capped at max_size."""
   h, w = shortest_edge_size(hw, short_side, max_size)

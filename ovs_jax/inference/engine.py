@@ -19,7 +19,7 @@ from input_pipeline.loader import make_eval_loader
 from ovs_jax import metrics, preprocess
 from ovs_jax.inference import batching, windows
 from ovs_jax.inference.batching import InferenceConfig
-from ovs_jax.inference.registry import SegmentationModel
+from ovs_jax.inference.segmentation_model import SegmentationModel
 
 
 def data_mesh(devices=None) -> jax.sharding.Mesh:

@@ -16,14 +16,20 @@ from ovs_jax.ops.bilinear import point_sample
 
 @dataclasses.dataclass(frozen=True)
 class MaskLossConfig:
-  """Loss weights and point sampling (DESIGN §4; the costs reuse the same three weights)."""
-  class_weight: float = 2.0
-  mask_weight: float = 5.0
-  dice_weight: float = 5.0
-  void_weight: float = 0.1
-  num_points: int = 12544
-  oversample_ratio: float = 3.0
-  importance_sample_ratio: float = 0.75
+  """Loss weights and point sampling (the costs reuse the same three weights); the values live in
+  the recipe's `config.loss` only (`from_config`)."""
+  class_weight: float
+  mask_weight: float
+  dice_weight: float
+  void_weight: float
+  num_points: int
+  oversample_ratio: float
+  importance_sample_ratio: float
+
+  @classmethod
+  def from_config(cls, loss_config, **overrides):
+    fields = {f.name: loss_config[f.name] for f in dataclasses.fields(cls)}
+    return cls(**{**fields, **overrides})
 
 
 def count_masks(targets):
@@ -31,7 +37,7 @@ def count_masks(targets):
   return jnp.maximum(jnp.sum(targets['valid']), 1).astype(jnp.float32)
 
 
-def set_loss(rng, pred_logits, pred_masks, targets, num_masks, config=MaskLossConfig()):
+def set_loss(rng, pred_logits, pred_masks, targets, num_masks, config: MaskLossConfig):
   """Losses of one prediction set.
 
   Args:
@@ -67,8 +73,8 @@ def set_loss(rng, pred_logits, pred_masks, targets, num_masks, config=MaskLossCo
           'loss_dice': dice_loss(point_logits, point_labels, valid, num_masks)}
 
 
-def mask_classification_loss(rng, prediction_sets, targets, num_masks=None,
-                             config=MaskLossConfig()):
+def mask_classification_loss(rng, prediction_sets, targets, num_masks=None, *,
+                             config: MaskLossConfig):
   """Weighted set loss summed over all prediction sets (deep supervision).
 
   Args:

@@ -20,23 +20,25 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
-def clip_from_config(config) -> CLIP:
-  """`config.clip.weights`: a weights path, 'random' (random `config.clip.arch`, tests) or 'demo'
-  (`config.clip.arch` pre-trained on the demo dataset, built and cached on first use)."""
+def clip_from_config(config, architecture: dict | None = None) -> CLIP:
+  """CLIP for a method's `build_model`. With an `architecture` record ({'clip': HF config dict}):
+  random weights in those shapes (restore fills them). Otherwise `config.clip.weights`: a weights
+  path, 'random' (random `config.clip.arch`, tests) or 'demo' (`config.clip.arch` pre-trained on
+  the demo dataset, built and cached on first use)."""
   c, m = config.clip, config.model
   kw = dict(dtype=compute_dtype(m.dtype), scan=m.get("scan", False), remat=m.get("remat", False))
+  if architecture is not None:
+    return CLIP(clip_config.from_hf_dict(dict(architecture["clip"])), rngs=nnx.Rngs(config.seed), **kw)
   if c.weights == "demo":
     from ovs_jax.demo_clip import demo_clip_dir
     return load_clip(demo_clip_dir(arch=c.arch, seed=config.seed), **kw)
-  if c.weights == "random":  # a preset, or the architecture a training run recorded
-    arch = c.get("architecture")
-    cfg = clip_config.from_hf_dict(arch.to_dict() if hasattr(arch, "to_dict") else arch) if arch else get_preset(c.arch)
-    return CLIP(cfg, rngs=nnx.Rngs(config.seed), **kw)
+  if c.weights == "random":
+    return CLIP(get_preset(c.arch), rngs=nnx.Rngs(config.seed), **kw)
   if not c.weights:
     raise ValueError(
         "config.clip.weights is not set: give CLIP weights with --config.clip.weights=PATH (an HF "
         "CLIP directory such as a local copy of openai/clip-vit-base-patch16, an OpenCLIP ViT "
-        "state dict, or a directory written by `python -m ovs_jax.convert clip`); see README 'CLIP weights'")
+        "state dict, or a directory written by `python -m ovs_jax.convert clip`); see docs/interchange.md, 'CLIP weights'")
   if not Path(c.weights).exists():
     raise FileNotFoundError(
         f"config.clip.weights={c.weights}: not found. Download CLIP weights on a machine with "

@@ -32,6 +32,7 @@ from ovs_jax.heads.mask_former import MaskFormerHead, prediction_sets
 from ovs_jax.losses.mask_aware import mask_aware_loss
 from ovs_jax.losses.representation_compensation import representation_compensation_loss
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
+from ovs_jax.methods.base import Method
 from ovs_jax.models.clip import CLIP, l2_normalize
 from ovs_jax.ops.mask_pooling import mask_pool
 from ovs_jax.ops.resize import resize_nchw
@@ -65,11 +66,6 @@ class MAFTPlus(nnx.Module):
     self.in_vocab = CosineClassifier(c.hidden_dim, dim, **kw)
     self.cdt = ContentDependentTransfer(dim, c.cdt_heads, c.cdt_mode, **kw)
 
-  def trunk_features(self, pixels):
-    """(B, H, W, 3) -> the student's trunk patch tokens (B, h, w, width), before the CLIP head."""
-    tokens, (h, w) = self.clip.vision_model(pixels)
-    return tokens[:, 1:].reshape(tokens.shape[0], h, w, -1)
-
   def teacher_trunk(self, pixels):
     """Trunk features of the frozen initial tower (the RC teacher), no gradient."""
     tokens, (h, w) = self.teacher(pixels)
@@ -98,7 +94,7 @@ class MAFTPlus(nnx.Module):
     'pred_masks' (B, Q, H/4, W/4)), plus 'out_vocab_logits' (B, Q, C) of the final set and the
     student's 'trunk' features (B, h, w, width).
     """
-    trunk = self.trunk_features(pixels)
+    trunk = self.clip.trunk_features(pixels)  # before the CLIP head
     classify = lambda s, mask_features: self.in_vocab_logits(s, mask_features, text, synonym_index)
     out = self.head(self.pyramid(jax.lax.stop_gradient(trunk)), classify)
     out["out_vocab_logits"] = self.out_of_vocab_logits(trunk, out["pred_masks"], text, synonym_index)
@@ -116,7 +112,7 @@ def targets_from_batch(batch):
 
 
 def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):
-  """Total loss and its terms for one batch (DESIGN §4 weights)."""
+  """Total loss and its terms for one batch (weights: config.loss; docs/maft_plus.md)."""
   out = model(batch["image"], text, synonym_index)
   return loss_terms(out, targets_from_batch(batch), model.teacher_trunk(batch["image"]), rng,
                     loss_config)
@@ -124,8 +120,7 @@ def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):
 
 def loss_terms(out, targets, teacher_trunk, rng, c):
   """Mask classification (deep supervision) + mask-aware + representation compensation."""
-  mask_cfg = MaskLossConfig(c.class_weight, c.mask_weight, c.dice_weight, c.void_weight, c.num_points,
-                            c.oversample_ratio, c.importance_sample_ratio)
+  mask_cfg = MaskLossConfig.from_config(c)
   total, terms = mask_classification_loss(rng, prediction_sets(out), targets, config=mask_cfg)
   terms["loss_mask_aware"] = mask_aware_loss(out["out_vocab_logits"], out["pred_masks"], targets)
   terms["loss_rc"] = representation_compensation_loss(out["trunk"], teacher_trunk)
@@ -133,14 +128,14 @@ def loss_terms(out, targets, teacher_trunk, rng, c):
   return total, terms
 
 
-def semantic_scores(out, image_hw, seen=None, alpha=0.4, beta=0.8):
+def semantic_scores(out, image_hw, seen=None, alpha=None, beta=None):
   """Per-class scores (B, H, W, C) = Σ_q p_q[c]·σ(m_q), as the official `semantic_inference`.
 
   p_q = [softmax_C(out-vocab)·(1 − p_void), p_void] with p_void from the in-vocab softmax over C+1
   (MAFT+ `maft_plus.py`). With `seen` (C,) bool: FC-CLIP's geometric ensemble (`fcclip.py`): void
   dropped from the in-vocab logits first, both softmaxed over C, in^(1−w)·out^w renormalised with
-  w = α (seen) / β (unseen), then ×(1 − p_void). As the official code, the class probabilities go
-  through log(p + 1e-8) and a softmax over C+1 before void is dropped.
+  w = α (seen) / β (unseen; values from `config.model`), then ×(1 − p_void). As the official code,
+  the class probabilities go through log(p + 1e-8) and a softmax over C+1 before void is dropped.
   """
   in_logits = out["pred_logits"].astype(jnp.float32)
   p_void = jax.nn.softmax(in_logits, -1)[..., -1:]
@@ -156,14 +151,7 @@ def semantic_scores(out, image_hw, seen=None, alpha=0.4, beta=0.8):
   return jnp.einsum("bqc,bqhw->bhwc", probs, masks)
 
 
-# ---- construction, training context and inference, as the trainer and evaluator use them ----
-
-def build_model(config) -> MAFTPlus:
-  """A MAFT+ model from `config.clip` (weights) and `config.model` (head sizes)."""
-  from ovs_jax.methods.common import clip_from_config, compute_dtype
-  clip = clip_from_config(config)
-  return MAFTPlus(clip, config.model, dtype=compute_dtype(config.model.dtype), rngs=nnx.Rngs(config.seed + 1))
-
+# ---- the method contract (methods/base.py) ----
 
 def text_context(model: MAFTPlus, vocabulary, templates, cache_dir=None):
   """(text (S, D), synonym_index (C, K)) from the frozen text tower."""
@@ -173,59 +161,57 @@ def text_context(model: MAFTPlus, vocabulary, templates, cache_dir=None):
 
 
 def seen_classes(vocabulary, train_vocabulary):
-  """(C,) bool: which classes of `vocabulary` were training classes (by any shared name)."""
+  """(C,) bool: which classes of `vocabulary` were training classes (by any shared name), as
+  FC-CLIP's `category_overlapping_mask`."""
   train_names = {n.strip().lower() for names in train_vocabulary for n in names}
   return np.asarray([any(n.strip().lower() in train_names for n in names) for names in vocabulary])
 
 
-def segmentation_model(graphdef, states, vocabulary, templates, cache_dir=None, name="maft_plus",
-                       ensemble=None):
-  """A `SegmentationModel` (for evaluate/predict) from a split MAFT+ model (graphdef, *states).
+class MAFTPlusMethod(Method):
+  name = "maft_plus"
 
-  ensemble: None (MAFT+: out-of-vocab class probabilities) or (seen (C,) bool, alpha, beta) for
-  FC-CLIP's geometric ensemble with the in-vocab head.
-  """
-  from ovs_jax.inference.registry import SegmentationModel
-  text, index = text_context(nnx.merge(graphdef, *states), vocabulary, templates, cache_dir)
-  seen, alpha, beta = ensemble if ensemble is not None else (None, 0.4, 0.8)
-  seen = None if seen is None else jnp.asarray(seen)
+  def build_model(self, config, architecture=None) -> MAFTPlus:
+    """A MAFT+ model from `config.clip` (weights) or an architecture record, and `config.model`."""
+    from ovs_jax.methods.common import clip_from_config, compute_dtype
+    clip = clip_from_config(config, architecture)
+    return MAFTPlus(clip, config.model, dtype=compute_dtype(config.model.dtype),
+                    rngs=nnx.Rngs(config.seed + 1))
 
-  def apply(params, pixels, valid):
-    del valid
-    states, text, index = params
-    out = nnx.merge(graphdef, *states)(pixels, text, index)
-    return semantic_scores(out, pixels.shape[1:3], seen, alpha, beta)
-  return SegmentationModel(name, apply, (tuple(states), text, index), [v[0] for v in vocabulary],
-                           input_multiple=32)
+  def architecture(self, model):
+    from ovs_jax.models import clip_config
+    return {"clip": clip_config.to_hf_dict(model.clip.config)}
 
+  def train_context(self, model, config, vocabulary, templates, cache_dir):
+    return text_context(model, vocabulary, templates, cache_dir)
 
-def ensemble_from_config(config, vocabulary, train_vocabulary):
-  """`config.model.ensemble` ('none' | 'geometric') -> the `segmentation_model` ensemble argument."""
-  mode = config.model.get("ensemble", "none")
-  if mode not in ("none", "geometric"):
-    raise ValueError(f"config.model.ensemble={mode!r}: expected 'none' or 'geometric'")
-  if mode == "none":
-    return None
-  return (seen_classes(vocabulary, train_vocabulary), config.model.get("ensemble_alpha", 0.4),
-          config.model.get("ensemble_beta", 0.8))
+  def context_spec(self, model, num_classes, synonyms):
+    return (((num_classes * synonyms, model.clip.config.projection_dim), "float32"),
+            ((num_classes, synonyms), "int32"))
 
+  def loss(self, model, batch, rng, context, config):
+    return loss_fn(model, batch, rng, *context, config.loss)
 
-def _register_inference_builder():
-  from ovs_jax.inference.registry import register_method
+  def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
+                         train_vocabulary=None, name=None):
+    """Inference over `vocabulary`: MAFT+'s fusion, or FC-CLIP's geometric ensemble when
+    `config.model.ensemble == 'geometric'` (seen classes: names shared with `train_vocabulary`)."""
+    from ovs_jax.inference.segmentation_model import SegmentationModel
+    m = config.model
+    if m.ensemble not in ("none", "geometric"):
+      raise ValueError(f"config.model.ensemble={m.ensemble!r}: expected 'none' or 'geometric'")
+    seen = None
+    if m.ensemble == "geometric":
+      seen = jnp.asarray(seen_classes(vocabulary, train_vocabulary or []))
+    text, index = text_context(nnx.merge(graphdef, *states), vocabulary, templates, cache_dir)
+    alpha, beta = m.ensemble_alpha, m.ensemble_beta
 
-  @register_method("maft_plus")
-  def from_checkpoint(directory, config, vocabulary, *, templates=None, cache_dir=None):
-    """A trained MAFT+ workdir (newest checkpoint) as a `SegmentationModel` over `vocabulary`."""
-    from ovs_jax.restore import restore_workdir
-    from ovs_jax.templates import get_templates
-    from input_pipeline.datasets import dataset_meta
-    from input_pipeline.vocab import load_vocabulary
-    cfg, graphdef, state, step = restore_workdir(directory)
-    templates = templates or get_templates(cfg.clip.templates)
-    train_vocab = load_vocabulary(dataset_meta(cfg.data.train, "train").vocabulary)
-    return segmentation_model(graphdef, (state["params"], state["frozen"]), vocabulary, templates,
-                              cache_dir, name=f"maft_plus@{step}",
-                              ensemble=ensemble_from_config(cfg, vocabulary, train_vocab))
+    def apply(params, pixels, valid):
+      del valid
+      states, text, index = params
+      out = nnx.merge(graphdef, *states)(pixels, text, index)
+      return semantic_scores(out, pixels.shape[1:3], seen, alpha, beta)
+    return SegmentationModel(name or self.name, apply, (tuple(states), text, index),
+                             [v[0] for v in vocabulary], input_multiple=32)
 
 
-_register_inference_builder()
+METHOD = MAFTPlusMethod()

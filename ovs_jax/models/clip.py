@@ -144,16 +144,13 @@ class VisionTransformer(nnx.Module):
 
 
 class TextEmbeddings(nnx.Module):
+  """HF `text_model.embeddings`: token and position tables (added in `TextTransformer`)."""
 
   def __init__(self, cfg: TowerConfig, *, dtype, rngs: nnx.Rngs):
     self.token_embedding = nnx.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dtype,
                                      embedding_init=_part(_normal, ("vocab", "embed")), rngs=rngs)
     self.position_embedding = nnx.Embed(cfg.max_position_embeddings, cfg.hidden_size, dtype=dtype,
                                         embedding_init=_part(_normal, (None, "embed")), rngs=rngs)
-
-  def __call__(self, ids):
-    tok = self.token_embedding(ids)
-    return tok + self.position_embedding.embedding[: ids.shape[1]].astype(tok.dtype)
 
 
 class TextTransformer(nnx.Module):
@@ -167,8 +164,15 @@ class TextTransformer(nnx.Module):
 
   def __call__(self, ids):
     """(B, L) int ids -> (token states (B, L, D), pooled EOT state (B, D))."""
-    x = self.final_layer_norm(self.encoder(self.embeddings(ids), causal=True))
-    return x, jnp.take_along_axis(x, eot_position(ids, self.eos_token_id)[:, None, None], axis=1)[:, 0]
+    return self.from_embeddings(self.embeddings.token_embedding(ids), eot_position(ids, self.eos_token_id))
+
+  def from_embeddings(self, token_embeddings, eot):
+    """Token embeddings (B, L, D) (e.g. learned prompt vectors spliced before a class name) and
+    the EOT index (B,) -> (token states (B, L, D), pooled EOT state (B, D))."""
+    pos = self.embeddings.position_embedding.embedding[: token_embeddings.shape[1]]
+    x = self.encoder(token_embeddings + pos.astype(token_embeddings.dtype), causal=True)
+    x = self.final_layer_norm(x)
+    return x, jnp.take_along_axis(x, eot[:, None, None], axis=1)[:, 0]
 
 
 def eot_position(ids, eos_token_id: int):
@@ -204,14 +208,22 @@ class CLIP(nnx.Module):
     x, _ = self.vision_model(pixels)
     return self.image_head(x[:, 0])
 
+  def trunk_features(self, pixels, *, maskclip: bool = False):
+    """(B, H, W, 3) -> (B, h, w, width): patch tokens of the last block, before the CLIP head."""
+    x, (h, w) = self.vision_model(pixels, maskclip=maskclip)
+    return x[:, 1:].reshape(x.shape[0], h, w, -1)
+
   def dense_features(self, pixels, *, maskclip: bool = False):
     """(B, H, W, 3) -> (B, h, w, P): every patch token through the CLIP head."""
-    x, (h, w) = self.vision_model(pixels, maskclip=maskclip)
-    return self.image_head(x[:, 1:]).reshape(x.shape[0], h, w, -1)
+    return self.image_head(self.trunk_features(pixels, maskclip=maskclip))
 
   def get_text_features(self, ids):
     """(B, L) token ids -> (B, P) unnormalised text embeddings."""
     return self.text_projection(self.text_model(ids)[1])
+
+  def text_features_from_embeddings(self, token_embeddings, eot):
+    """(B, L, D) token embeddings, (B,) EOT index -> (B, P) unnormalised text embeddings."""
+    return self.text_projection(self.text_model.from_embeddings(token_embeddings, eot)[1])
 
   def __call__(self, pixels, ids):
     """Logits per image (B_img, B_txt) = exp(logit_scale) * cosine."""

@@ -30,7 +30,6 @@ from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.models import clip_config
 from ovs_jax.torch_export.maft_plus_torch import CLIP_MEAN, CLIP_STD, FORMAT, read_export_config
 
-METHOD = "maft_plus"
 FORMAT_VERSION = 1
 LAYOUTS = dict(torch_state.LAYOUTS, hwio_to_iohw="ConvTranspose kernel (kh, kw, in, out) -> weight (in, out, kh, kw)")
 
@@ -80,32 +79,36 @@ def training_vocabulary(config):
 def export_model(model, config, out, *, step=0, dtype="float32", include_teacher=False,
                  text_classifier=True, cache_dir=None) -> Path:
   """Write the export directory (module docstring) for a MAFT+ `model` trained with `config`."""
+  from ovs_jax.methods.registry import get_method
   np_dtype = _np_dtype(dtype)
   sd, keys = model_state_dict(model, include_teacher=include_teacher, dtype=np_dtype)
   meta = {
-      "format": FORMAT, "format_version": FORMAT_VERSION, "method": METHOD, "step": int(step),
-      "dtype": dtype, "includes_teacher": include_teacher,
+      "format": f"ovs_jax.{config.method}", "format_version": FORMAT_VERSION, "method": config.method,
+      "step": int(step), "dtype": dtype, "includes_teacher": include_teacher,
       "model": {k: v for k, v in config.model.to_dict().items() if k not in ("dtype", "scan", "remat")},
-      "clip": clip_config.to_hf_dict(model.clip.config),
+      "architecture": get_method(config.method).architecture(model),
       "input": {"layout": "NCHW", "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "size_multiple": 32,
                 "note": "RGB in [0, 1], then (x - mean) / std"},
       "text_classifier": None,
       "run_config": json.loads(json.dumps(config.to_dict(), default=str)),
   }
   files = {"model.safetensors": sd}
-  for name, content in hf_clip_files(model.clip, np_dtype).items():
-    files[f"clip/{name}"] = content
-  if text_classifier:
+  clip = getattr(model, "clip", None)
+  if clip is not None:  # the CLIP towers also as an HF directory (new vocabularies, transformers)
+    meta["clip"] = clip_config.to_hf_dict(clip.config)
+    for name, content in hf_clip_files(clip, np_dtype).items():
+      files[f"clip/{name}"] = content
+  if text_classifier and clip is not None:
     from ovs_jax.templates import get_templates
     from ovs_jax.text_classifier import build_text_classifier
     vocab = training_vocabulary(config)
-    clf = build_text_classifier(model.clip, vocab, get_templates(config.clip.templates), cache_dir=cache_dir)
+    clf = build_text_classifier(clip, vocab, get_templates(config.clip.templates), cache_dir=cache_dir)
     files["text_classifier.safetensors"] = {"embeddings": np.asarray(clf.embeddings, np.float32),
                                             "synonym_index": np.asarray(clf.synonym_index, np.int32)}
     meta["text_classifier"] = {"vocabulary": config.data.train, "templates": config.clip.templates,
                                "class_names": [v[0] for v in vocab], "synonyms": vocab}
   files["config.json"] = json.dumps(meta, indent=1).encode()
-  files["key_map.json"] = json.dumps({"format": FORMAT, "layouts": LAYOUTS, "keys": keys}, indent=1).encode()
+  files["key_map.json"] = json.dumps({"format": meta["format"], "layouts": LAYOUTS, "keys": keys}, indent=1).encode()
   state_dict_io.write_dir_atomically(out, files)
   return Path(out)
 
@@ -120,14 +123,13 @@ def parse_checkpoint(path) -> tuple[Path, int | None]:
 
 
 def to_torch(checkpoint, out, *, dtype="float32", include_teacher=False, text_classifier=True) -> Path:
-  """A training workdir's checkpoint (newest, or WORKDIR/STEP) -> export directory, on one device."""
+  """A training workdir's checkpoint (newest, or WORKDIR/STEP) -> export directory, on one device.
+
+  Any registered method exports its whole model (`model.safetensors` + `key_map.json`); MAFT+
+  exports also load into `maft_plus_torch.MAFTPlusTorch` for PyTorch inference."""
   from ovs_jax import sharding
-  from ovs_jax.restore import restore_workdir, run_config
+  from ovs_jax.restore import restore_workdir
   workdir, step = parse_checkpoint(checkpoint)
-  method = run_config(workdir).get("method")
-  if method != METHOD:
-    raise CheckpointError(f"{workdir / 'config.json'}: method {method!r}; to-torch exports "
-                          f"{METHOD!r} (MAFT+) checkpoints only")
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])  # any saved mesh restores here
   config, graphdef, state, step = restore_workdir(workdir, step, mesh)
   model = nnx.merge(graphdef, state["params"], state["frozen"])
@@ -135,18 +137,37 @@ def to_torch(checkpoint, out, *, dtype="float32", include_teacher=False, text_cl
                       text_classifier=text_classifier, cache_dir=workdir / "cache")
 
 
+def _read_export_meta(src: Path) -> dict:
+  """config.json of an export of any method (MAFT+'s reader checks its own format)."""
+  path = src / "config.json"
+  try:
+    meta = json.loads(path.read_text())
+  except FileNotFoundError:
+    raise CheckpointError(f"{src}: no config.json; expected a directory written by "
+                          "`python -m ovs_jax.convert to-torch`") from None
+  except (OSError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"{path}: unreadable JSON ({e})") from e
+  if meta.get("format") == FORMAT:
+    return read_export_config(src)
+  if not str(meta.get("format", "")).startswith("ovs_jax.") or "method" not in meta:
+    what = f"model_type {meta['model_type']!r}" if "model_type" in meta else f"format {meta.get('format')!r}"
+    raise CheckpointError(f"{path}: {what} is not an ovs_jax export (expected format "
+                          "'ovs_jax.<method>', written by `python -m ovs_jax.convert to-torch`)")
+  return meta
+
+
 def read_export(src) -> tuple[dict, dict]:
   """(export config.json, full numpy state dict): text tower from `clip/` and the RC teacher from
   the student image tower where `model.safetensors` lacks them (PyTorch-side edits keep only what
   inference uses)."""
   src = Path(src)
-  meta = read_export_config(src)
+  meta = _read_export_meta(src)
   sd = state_dict_io.read_state_dict(src / "model.safetensors")
   if not any(k.startswith("clip.text_model.") for k in sd) and (src / "clip").is_dir():
     clip_sd = state_dict_io.read_state_dict(src / "clip")
     sd.update({f"clip.{k}": v for k, v in clip_sd.items()
                if k.startswith(("text_model.", "text_projection.")) and f"clip.{k}" not in sd})
-  if not any(k.startswith("teacher.") for k in sd):  # RC restarts from the imported tower
+  if meta["method"] == "maft_plus" and not any(k.startswith("teacher.") for k in sd):  # RC restarts from the imported tower
     prefix = "clip.vision_model."
     sd.update({"teacher." + k[len(prefix):]: v for k, v in list(sd.items()) if k.startswith(prefix)})
   return meta, sd
@@ -157,31 +178,30 @@ def from_torch(src, workdir) -> Path:
 
   The optimizer state is fresh (zero moments); evaluate/predict/to-torch read the workdir as any other.
   """
-  from ovs_jax import optim
+  from ovs_jax import sharding
   from ovs_jax.checkpointing import Checkpointer
-  from ovs_jax.trainer import get_method
+  from ovs_jax.methods.registry import get_method
+  from ovs_jax.restore import write_run_config
+  from ovs_jax.train_step import init_train_state
   src, workdir = Path(src), Path(workdir)
   meta, sd = read_export(src)
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     raise FileExistsError(f"{ckpt_dir} already holds checkpoints; give a new --workdir")
   config = ml_collections.ConfigDict(meta["run_config"])
-  config.clip.weights, config.clip.architecture = "random", meta["clip"]
-  model = nnx.eval_shape(lambda: get_method(meta["method"]).build_model(config))
+  architecture = meta.get("architecture") or {"clip": meta["clip"]}  # exports before the record
+  method = get_method(meta["method"])
+  model = nnx.eval_shape(lambda: method.build_model(config, architecture))
   load_model_state(model, sd, source=str(src / "model.safetensors"))
-  _, params, frozen = nnx.split(model, optim.trainable_filter(config.frozen), ...)
-  params, frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
-  optimizer = optim.make_optimizer(config.optim, config.train.steps, params)
-  state = {"step": jnp.asarray(meta["step"], jnp.int32), "params": params, "frozen": frozen,
-           "opt_state": jax.jit(optimizer.init)(params), "rng": jax.random.PRNGKey(config.seed)}
+  mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  ts = init_train_state(method, config, mesh, model=model)
+  state = dict(ts.state, step=jnp.asarray(meta["step"], jnp.int32))
   workdir.mkdir(parents=True, exist_ok=True)
-  saved = dict(config.to_dict(), clip_architecture=meta["clip"])
-  saved["clip"].pop("architecture", None)
-  (workdir / "config.json").write_text(json.dumps(saved, indent=2, default=str))
+  write_run_config(workdir, config, architecture)
   ckpt = Checkpointer(ckpt_dir, use_async=False)
   try:
-    ckpt.save(meta["step"], state, meta={"config": saved, "step": meta["step"], "imported_from": str(src)},
-              force=True)
+    ckpt.save(meta["step"], state, meta={"config": config.to_dict(), "step": meta["step"],
+                                         "imported_from": str(src)}, force=True)
   finally:
     ckpt.close()
   return workdir

@@ -1,21 +1,12 @@
-"""Segmentation models as evaluate/predict see them, and the registry of methods that build them.
+"""Segmentation models as evaluate/predict see them, and reading checkpoints of any method.
 
-Any method plugs in by returning a `SegmentationModel` from a checkpoint. It registers a builder
-
-    from ovs_jax.inference.registry import SegmentationModel, register_method
-
-    @register_method("maft_plus")
-    def build(checkpoint: Path, config: dict, vocabulary: list[list[str]], *, templates,
-              cache_dir) -> SegmentationModel: ...
-
-and lists its module in `METHOD_MODULES` so the builder is imported on demand. A checkpoint is a
-directory (or a file inside one, e.g. a step folder) whose `config.json` — here or up to two
-levels above — names the method as `method` or `model.method`.
+A checkpoint is a directory (or a file inside one, e.g. a step folder) whose `config.json` — here
+or up to two levels above — names a method registered in `ovs_jax/methods/registry.py` as
+`method` or `model.method`; that method's `from_checkpoint` builds the `SegmentationModel`.
 """
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 from pathlib import Path
 from typing import Any, Callable
@@ -42,33 +33,12 @@ class SegmentationModel:
     return len(self.class_names)
 
 
-_BUILDERS: dict[str, Callable[..., SegmentationModel]] = {}
-METHOD_MODULES = {"maskclip": "ovs_jax.inference.maskclip", "maft_plus": "ovs_jax.methods.maft_plus"}
 CONFIG_FILE = "config.json"
 
 
-def register_method(name: str):
-  """Decorator: `builder(checkpoint_dir, config, vocabulary, **options) -> SegmentationModel`."""
-  def wrap(builder):
-    _BUILDERS[name] = builder
-    return builder
-  return wrap
-
-
 def method_names() -> list[str]:
-  return sorted(set(_BUILDERS) | set(METHOD_MODULES))
-
-
-def get_builder(method: str):
-  if method not in _BUILDERS and method in METHOD_MODULES:
-    try:
-      importlib.import_module(METHOD_MODULES[method])
-    except ImportError as e:
-      raise CheckpointError(f"method {method!r} is not available in this install ({e})") from e
-  if method not in _BUILDERS:
-    raise CheckpointError(f"method {method!r} is not a registered segmentation method; "
-                          f"known: {', '.join(method_names())}")
-  return _BUILDERS[method]
+  from ovs_jax.methods.registry import method_names as names
+  return names()
 
 
 def read_checkpoint_config(path: str | Path) -> tuple[Path, dict]:
@@ -116,5 +86,7 @@ def read_vocabulary(spec: str) -> list[list[str]]:
 
 def build_from_checkpoint(path: str | Path, vocabulary: list[list[str]], **options) -> SegmentationModel:
   """The registered method's model for the checkpoint at `path` and this vocabulary."""
+  from ovs_jax.methods.registry import get_method
   directory, config = read_checkpoint_config(path)
-  return get_builder(checkpoint_method(directory, config))(directory, config, vocabulary, **options)
+  return get_method(checkpoint_method(directory, config)).from_checkpoint(directory, config, vocabulary,
+                                                                         **options)

@@ -1,0 +1,23 @@
+"""Helpers for recipe files (`configs/*.py`, big_vision style `get_config(arg)`)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+
+def parse_variants(arg: str | None, known, recipe: str) -> set[str]:
+  """'demo,panoptic' -> {'demo', 'panoptic'}; an unknown variant is an error naming the known ones."""
+  variants = set(filter(None, (arg or "").split(",")))
+  unknown = variants - set(known)
+  if unknown:
+    raise ValueError(f"{recipe}: unknown variant(s) {sorted(unknown)}; expected any of: "
+                     f"{', '.join(sorted(known))}")
+  return variants
+
+
+def recipe_config(path, arg: str = ""):
+  """`get_config(arg)` of the recipe file at `path` (for recipe aliases and tests)."""
+  spec = importlib.util.spec_from_file_location(f"ovs_jax_recipe_{Path(path).stem}", str(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,0 +1,30 @@
+"""mIoU (and fwIoU, mACC, pACC, per-class) of the run's model on a dataset split, jitted and
+sharded over every device (`inference.engine.evaluate_source`)."""
+from __future__ import annotations
+
+from ovs_jax import metrics
+from ovs_jax.evaluators.base import DatasetEvaluator
+
+
+class MIoU(DatasetEvaluator):
+  # Test protocol (detectron2 MIN/MAX_SIZE_TEST); batch_size 0 = one image per device.
+  extra = {"short_side": 800, "max_size": 1333, "batch_size": 0,
+           "miou_convention": metrics.DEFAULT_MIOU_CONVENTION}
+
+  def __init__(self, name, cfg, run_config):
+    super().__init__(name, cfg, run_config)
+    metrics.check_miou_convention(self.options["miou_convention"],
+                                  f"config.evals.{name}.miou_convention")
+
+  def run(self, segmenter_for, step, out_dir) -> dict:
+    from ovs_jax.evaluation import summarize
+    from ovs_jax.inference.batching import InferenceConfig
+    from ovs_jax.inference.engine import data_mesh, evaluate_source
+    o = self.options
+    model = segmenter_for(self.vocabulary)
+    mesh = data_mesh()
+    cfg = InferenceConfig(short_side=o["short_side"], max_size=o["max_size"])
+    counts, n = evaluate_source(model, self.source, cfg, batch_size=o["batch_size"] or mesh.size,
+                                mesh=mesh, max_images=self.max_images or None,
+                                desc=f"{self.name}: {self.dataset}")
+    return summarize(counts, model.class_names, n, o["miou_convention"])

@@ -1,0 +1,86 @@
+"""The method contract: what a method tells the shared trainer, restore, export and evaluation.
+
+A method is one module under `ovs_jax/methods/` exposing `METHOD`, an instance of a `Method`
+subclass, and one line in `ovs_jax/methods/registry.py`. The shared code never names a method:
+
+  model  = method.build_model(config)                         # weights from the config
+  model  = method.build_model(config, architecture)           # shapes from a saved record
+  record = method.architecture(model)                         # -> config.json "architecture"
+  data   = method.train_data(config, source, mesh)            # iterator of (global batch, state)
+  ctx    = method.train_context(model, config, vocabulary, templates, cache_dir)   # any pytree
+  loss, terms = method.loss(model, batch, rng, ctx, config)   # pure, jittable
+  seg    = method.segmentation_model(graphdef, states, config, vocabulary, ...)    # inference
+
+Frozen parameters and learning-rate multipliers are regexes in the config (`config.frozen`,
+`config.optim.lr_multipliers`); a method module exports its defaults for its config files.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class Method:
+  """Base class; subclasses override what they need. `trainable=False` marks training-free methods."""
+
+  name: str = ""
+  trainable: bool = True
+
+  def build_model(self, config, architecture: dict | None = None):
+    """The model: weights as `config` says, or random weights in the shapes of `architecture`
+    (a record from `architecture()`; used under `nnx.eval_shape` to restore checkpoints)."""
+    raise NotImplementedError
+
+  def architecture(self, model) -> dict:
+    """A JSON-able record of everything `build_model` needs for the model's shapes."""
+    raise NotImplementedError
+
+  def train_data(self, config, source, mesh):
+    """Iterator of (global batch, iterator state) on `mesh`; `.save()`-able as grain's. Default:
+    segmentation crops with mask targets (`input_pipeline.mappers`)."""
+    from input_pipeline import loader, mappers
+    from input_pipeline.global_batch import DevicePrefetcher
+    from ovs_jax import sharding
+    d = config.data
+    mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
+    it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
+                                       worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
+    return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+
+  def train_context(self, model, config, vocabulary, templates, cache_dir):
+    """What the loss needs per training vocabulary, computed once (default: nothing)."""
+    return ()
+
+  def batch_spec(self, config, batch_size: int, height: int, width: int) -> dict:
+    """{key: (shape, dtype)} of a training batch, for ahead-of-time compilation (default: the
+    segmentation loader's image, label and mask-target classes)."""
+    m = config.data.num_masks
+    return {"image": ((batch_size, height, width, 3), "float32"),
+            "label": ((batch_size, height, width), "int32"),
+            "mask_classes": ((batch_size, m), "int32"), "mask_valid": ((batch_size, m), "bool")}
+
+  def context_spec(self, model, num_classes: int, synonyms: int):
+    """Shapes of `train_context` for a vocabulary of that size (a pytree of (shape, dtype))."""
+    return ()
+
+  def loss(self, model, batch, rng, context, config):
+    """-> (scalar loss, {term: scalar}); pure and jittable."""
+    raise NotImplementedError(f"method {self.name!r} is training-free")
+
+  def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
+                         train_vocabulary=None, name=None):
+    """A `SegmentationModel` over `vocabulary` from a split model (graphdef, *states)."""
+    raise NotImplementedError
+
+  def from_checkpoint(self, directory: Path, config: dict, vocabulary, *, templates=None,
+                      cache_dir=None):
+    """A trained workdir (its newest checkpoint) as a `SegmentationModel` over `vocabulary`."""
+    from input_pipeline.datasets import dataset_meta
+    from input_pipeline.vocab import load_vocabulary
+    from ovs_jax.restore import restore_workdir
+    from ovs_jax.templates import get_templates
+    cfg, graphdef, state, step = restore_workdir(directory)
+    train_vocab = load_vocabulary(dataset_meta(cfg.data.train, "train").vocabulary)
+    return self.segmentation_model(graphdef, (state["params"], state["frozen"]), cfg, vocabulary,
+                                   templates=templates or get_templates(cfg.clip.templates),
+                                   cache_dir=cache_dir, train_vocabulary=train_vocab,
+                                   name=f"{self.name}@{step}")
