@@ -79,7 +79,8 @@ def get_config(arg: str = ""):
     c.model.update(num_queries=16, hidden_dim=64, enc_layers=1, enc_ffn_dim=128, dec_layers=3,
                    dec_ffn_dim=128, num_heads=4, deform_points=2, cdt_heads=4, dtype="float32",
                    # Every demo class is a training class: FC-CLIP's ensemble lets the trained
-                   # in-vocab head vote (demo val mIoU 67.4 -> 74.2 at step 600).
+                   # in-vocab head vote (demo val mIoU 67.4 -> 74.2 at step 600, measured before
+                   # the MAFT+ fidelity changes; docs/maft_plus.md).
                    ensemble="geometric")
     c.loss.num_points = 1024
     # 400 small square images: scale jitter (lsj) and 128 px keep the demo fast and varied.

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import demo, loader, transforms as T
+from ovs_jax.inference.batching import ResizeForEval
 
 SMALL = dict(num_train=12, num_val=5, hw=(40, 48))
 TRAIN_KW = dict(min_size=(32, 36), max_size=48, num_masks=4, seed=3)  # the default mapper
@@ -38,7 +39,6 @@ _RESUME = """
 import json, sys
 import numpy as np
 from input_pipeline import demo, loader
-from ovs_jax.inference.batching import ResizeForEval
 if __name__ == "__main__":
   cache, state_file, out = sys.argv[1:]
   src = demo.demo_dataset("train", cache_dir=cache, **{small})

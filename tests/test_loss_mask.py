@@ -141,7 +141,7 @@ def test_deep_supervision_sums_every_set():
   cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=16)
   sets = [{'pred_logits': logits * s, 'pred_masks': masks * s} for s in (1.0, -0.5)]
   rng = jax.random.key(9)
-  total, terms = jax.jit(mask_classification_loss, static_argnums=4)(rng, sets, targets, None, cfg)
+  total, terms = jax.jit(mask_classification_loss, static_argnames='config')(rng, sets, targets, None, config=cfg)
   num_masks = targets['valid'].sum()
   one_set = jax.jit(set_loss, static_argnums=5)
   parts = [one_set(r, s['pred_logits'], s['pred_masks'], targets, num_masks, cfg)
@@ -170,10 +170,10 @@ def test_perfect_prediction_beats_inverted_prediction():
     logits[i, q, targets['labels'][i][q]] = 20.0
     logits[i, q, 5] = -20.0
     masks[i, np.flatnonzero(~targets['valid'][i])] = -20.0
-  loss = jax.jit(mask_classification_loss, static_argnums=4)
+  loss = jax.jit(mask_classification_loss, static_argnames='config')
   cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=64)
-  _, good = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': masks}], targets, None, cfg)
-  _, bad = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': -masks}], targets, None, cfg)
+  _, good = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': masks}], targets, None, config=cfg)
+  _, bad = loss(jax.random.key(0), [{'pred_logits': logits, 'pred_masks': -masks}], targets, None, config=cfg)
   assert good['loss_ce'] < 1e-3
   # Importance points sit on mask borders, where sampled targets are fractional: dice stays > 0.
   assert good['loss_dice'] < 0.3 * bad['loss_dice']

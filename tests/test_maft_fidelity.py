@@ -203,7 +203,7 @@ def test_inference_fusion_and_geometric_ensemble_match_the_official_order(ensemb
          "pred_masks": RNG.normal(size=(b, q, 6, 10)).astype(np.float32) * 2}
   seen = np.array([True, False, True, False, False]) if ensemble else None
   got = maft_plus.semantic_scores({k: jnp.asarray(v) for k, v in out.items()}, (24, 40),
-                                  None if seen is None else jnp.asarray(seen))
+                                  None if seen is None else jnp.asarray(seen), 0.4, 0.8)
   want = _official_semantic_inference(out["pred_logits"], out["out_vocab_logits"], out["pred_masks"],
                                       (24, 40), seen)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
