@@ -111,8 +111,8 @@ def compile_train_step(method, config, mesh, *, batch_size: int, height: int, wi
                        num_classes: int = 8, synonyms: int = 2):
   """The real sharded train step compiled ahead of time on `mesh` from abstract inputs (nothing is
   allocated or run) -> (compiled, abstract TrainState). For memory/sharding checks of a recipe."""
-  ts = init_train_state(method, config, mesh, abstract=True, architecture=None)
   model = nnx.eval_shape(lambda: method.build_model(config))
+  ts = init_train_state(method, config, mesh, abstract=True, model=model)
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   spec = lambda s, sh: jax.ShapeDtypeStruct(s[0], jnp.dtype(s[1]), sharding=sh)
   is_spec = lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str)

@@ -167,7 +167,8 @@ def read_export(src) -> tuple[dict, dict]:
     clip_sd = state_dict_io.read_state_dict(src / "clip")
     sd.update({f"clip.{k}": v for k, v in clip_sd.items()
                if k.startswith(("text_model.", "text_projection.")) and f"clip.{k}" not in sd})
-  if meta["method"] == "maft_plus" and not any(k.startswith("teacher.") for k in sd):  # RC restarts from the imported tower
+  # MAFT+'s RC teacher restarts from the imported tower when the export left it out.
+  if meta["method"] == "maft_plus" and not any(k.startswith("teacher.") for k in sd):
     prefix = "clip.vision_model."
     sd.update({"teacher." + k[len(prefix):]: v for k, v in list(sd.items()) if k.startswith(prefix)})
   return meta, sd
