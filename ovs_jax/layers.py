@@ -1,6 +1,7 @@
 """Layer factories that attach logical axis names to every parameter (for the sharding rules,
 docs/scaling.md), shared by the backbones and the heads, and the multi-head attention layer built
 on `ops.attention`."""
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -48,6 +49,27 @@ def group_norm(d, *, dtype, param_dtype=jnp.float32, rngs, groups=32, eps=1e-5):
 def param(init, shape, names, *, rngs, param_dtype=jnp.float32):
   """A free parameter tensor (query embeddings, level embeddings, ...)."""
   return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, param_dtype))
+
+
+class FrozenBatchNorm(nnx.Module):
+  """BatchNorm in eval mode over the last axis (detectron2's `FrozenBatchNorm2d`):
+  y = (x - mean) * scale / sqrt(var + eps) + bias, computed in float32, returned in `dtype`.
+
+  `scale` and `bias` are nnx.Params; the running `mean` and `var` are nnx.BatchStats, which no step
+  re-estimates and no optimizer sees (the trainer trains nnx.Params only). They travel as PyTorch's
+  `weight`, `bias`, `running_mean`, `running_var` (interchange.clip_keys).
+  """
+
+  def __init__(self, d, *, dtype, param_dtype=jnp.float32, rngs, eps=1e-5, scale_init=ones):
+    self.scale = param(scale_init, (d,), ('norm',), rngs=rngs, param_dtype=param_dtype)
+    self.bias = param(zeros, (d,), ('norm',), rngs=rngs, param_dtype=param_dtype)
+    self.mean = nnx.BatchStat(jnp.zeros((d,), param_dtype), out_sharding=('norm',))
+    self.var = nnx.BatchStat(jnp.ones((d,), param_dtype), out_sharding=('norm',))
+    self.eps, self.dtype = eps, dtype
+
+  def __call__(self, x):
+    s = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.eps)
+    return (x.astype(jnp.float32) * s + (self.bias[...] - self.mean[...] * s)).astype(self.dtype)
 
 
 class MLP(nnx.Module):

@@ -6,6 +6,7 @@ is decided by the leaf kind alone:
   Conv   `kernel` (kh, kw, I, O)  <-> `weight` (O, I, kh, kw)
   LayerNorm `scale`               <-> `weight`
   Embed  `embedding`              <-> `weight`
+  BatchNorm `mean`, `var`         <-> `running_mean`, `running_var` (nnx.BatchStat)
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def to_torch_layout(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.n
     leaf = "weight"
   elif leaf in ("scale", "embedding"):
     leaf = "weight"
+  elif leaf in ("mean", "var"):
+    leaf = f"running_{leaf}"
   return ".".join([*head, leaf]), value
 
 

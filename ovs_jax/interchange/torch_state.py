@@ -1,8 +1,9 @@
 """Any NNX model <-> a flat PyTorch-layout state dict, with strict key and shape checks.
 
-Names follow the module attribute paths (which mirror PyTorch's) and layouts follow
-`clip_keys.to_torch_layout`. Scanned stacks (a `layers` node whose children are not indices) are
-written as separate `layers.{i}` entries, so scan-over-layers is invisible outside JAX.
+Covers every nnx.Param and nnx.BatchStat (BatchNorm running statistics). Names follow the module
+attribute paths (which mirror PyTorch's) and layouts follow `clip_keys.to_torch_layout`. Scanned
+stacks (a `layers` node whose children are not indices) are written as separate `layers.{i}`
+entries, so scan-over-layers is invisible outside JAX.
 """
 from __future__ import annotations
 
@@ -16,10 +17,13 @@ from ovs_jax.interchange.clip_keys import from_torch_layout, to_torch_layout, to
 from ovs_jax.interchange.errors import CheckpointError
 
 _MAX_LISTED = 8
+_EXCHANGED = (nnx.Param, nnx.BatchStat)  # what a PyTorch state dict holds
+# BatchNorm's step counter: a PyTorch buffer that eval-mode BatchNorm never reads.
+_IGNORED_KEYS = re.compile(r".*num_batches_tracked")
 
 
 def _param_leaves(model) -> tuple[dict, list[tuple[tuple[str, ...], object]]]:
-  pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  pure = nnx.to_pure_dict(nnx.state(model, _EXCHANGED))
   leaves = [(tuple(str(k.key) for k in path), v)
             for path, v in jax.tree_util.tree_flatten_with_path(pure)[0]]
   return pure, leaves
@@ -34,7 +38,7 @@ def _stacked_at(path: tuple[str, ...]) -> int | None:
 
 
 def export_state_dict(model, dtype=np.float32) -> dict[str, np.ndarray]:
-  """Every parameter of `model` as {pytorch_name: array in PyTorch layout}."""
+  """Every parameter and batch statistic of `model` as {pytorch_name: array in PyTorch layout}."""
   out = {}
   for path, value in _param_leaves(model)[1]:
     value = np.asarray(jax.device_get(value)).astype(dtype)
@@ -57,7 +61,8 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
   """Load a PyTorch-layout state dict into `model` in place.
 
   Raises CheckpointError listing missing keys, unexpected keys and shape mismatches (expected
-  PyTorch shapes), naming `source`. Keys matching the regex `ignore` are skipped.
+  PyTorch shapes), naming `source`. Keys matching the regex `ignore` are skipped, and so are
+  BatchNorm `num_batches_tracked` counters.
   """
   pure, leaves = _param_leaves(model)
   problems, used, values = [], set(), []
@@ -80,13 +85,14 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
       parts.append(from_torch_layout(p, got).astype(like.dtype))
     if len(parts) == n:
       values.append(parts[0] if s is None else np.stack(parts))
-  extra = sorted(k for k in sd if k not in used and not (ignore and re.fullmatch(ignore, k)))
+  extra = sorted(k for k in sd if k not in used and not _IGNORED_KEYS.fullmatch(k)
+                 and not (ignore and re.fullmatch(ignore, k)))
   problems += [f"unexpected key {k!r}" for k in extra]
   if problems:
     _fail(source, problems)
   treedef = jax.tree_util.tree_structure(pure)
   new_pure = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(v) for v in values])
-  state = nnx.state(model, nnx.Param)
+  state = nnx.state(model, _EXCHANGED)
   nnx.replace_by_pure_dict(state, new_pure)
   nnx.update(model, state)
 
@@ -95,7 +101,8 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
 LAYOUTS = {
     "transpose": "Linear kernel (in, out) -> weight (out, in)",
     "hwio_to_oihw": "Conv kernel (kh, kw, in, out) -> weight (out, in, kh, kw)",
-    "rename": "LayerNorm/GroupNorm scale, Embed embedding -> weight (values unchanged)",
+    "rename": "LayerNorm/GroupNorm/BatchNorm scale, Embed embedding -> weight; BatchNorm mean, var "
+              "-> running_mean, running_var (values unchanged)",
     "identity": "same name and values",
 }
 
@@ -106,7 +113,8 @@ def key_map(model) -> dict[str, dict]:
   for path, value in _param_leaves(model)[1]:
     s = _stacked_at(path)
     leaf = path[-1]
-    layout = ("identity" if leaf not in ("kernel", "scale", "embedding") else "rename" if leaf != "kernel"
+    layout = ("identity" if leaf not in ("kernel", "scale", "embedding", "mean", "var")
+              else "rename" if leaf != "kernel"
               else "hwio_to_oihw" if len(value.shape) - (s is not None) == 4 else "transpose")
     for i in range(1 if s is None else value.shape[0]):
       p = path if s is None else path[:s + 1] + (str(i),) + path[s + 1:]
