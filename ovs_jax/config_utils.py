@@ -15,9 +15,14 @@ def parse_variants(arg: str | None, known, recipe: str) -> set[str]:
   return variants
 
 
-def recipe_config(path, arg: str = ""):
-  """`get_config(arg)` of the recipe file at `path` (for recipe aliases and tests)."""
+def recipe_module(path):
+  """The recipe file at `path` as a module (recipes are files, not a package)."""
   spec = importlib.util.spec_from_file_location(f"ovs_jax_recipe_{Path(path).stem}", str(path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return module
+
+
+def recipe_config(path, arg: str = ""):
+  """`get_config(arg)` of the recipe file at `path` (for recipe aliases and tests)."""
+  return recipe_module(path).get_config(arg)

@@ -1,7 +1,9 @@
 """Checkpoint conversion between PyTorch formats and ours.
 
-  # HF directory / OpenCLIP ViT state dict / our directory  ->  HF CLIP directory
+  # HF directory / OpenCLIP ViT or ConvNeXt state dict or hub directory / our directory  ->  HF CLIP directory
   python -m ovs_jax.convert clip --src=open_clip_model.safetensors --hidden_act=gelu --out=clip_hf/
+  # an OpenCLIP model whose heads a state dict cannot tell: name it (or give its open_clip_config.json)
+  python -m ovs_jax.convert clip --src=vit_h14.bin --arch=ViT-H-14 --to=openclip --out=vit_h14/
   # ... -> our format (config.json + orbax params/), read by every config's `clip.weights`
   python -m ovs_jax.convert clip --src=clip_hf/ --to=ours --out=clip_ours/
   # a trained MAFT+ workdir (newest checkpoint, or WORKDIR/STEP) -> PyTorch export directory
@@ -22,12 +24,15 @@ import numpy as np
 from absl import app, flags
 
 from ovs_jax.interchange import torch_state
-from ovs_jax.interchange.clip_weights import load_clip, save_hf_clip, save_orbax_clip
+from ovs_jax.interchange.clip_weights import load_clip, save_hf_clip, save_openclip, save_orbax_clip
+from ovs_jax.models.clip_family import describe
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "source: HF CLIP dir, OpenCLIP ViT state dict, or our dir")
+flags.DEFINE_string("src", None, "source: HF CLIP dir, OpenCLIP state dict or hub dir, or our dir")
 flags.DEFINE_string("out", None, "output directory")
-flags.DEFINE_enum("to", "hf", ["hf", "ours"], "output format")
+flags.DEFINE_enum("to", "hf", ["hf", "ours", "openclip"], "output format")
+flags.DEFINE_string("arch", None, "OpenCLIP sources: model name (ViT-H-14, convnext_base_w_320, ...) "
+                    "or open_clip_config.json; needed where the shapes do not identify the model")
 flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "output dtype")
 flags.DEFINE_string("checkpoint", None, "to-torch: training workdir, WORKDIR/STEP or WORKDIR/checkpoints/STEP")
@@ -37,32 +42,32 @@ flags.DEFINE_string("workdir", None, "from-torch: the new workdir (or --out)")
 
 COMMANDS = ("clip", "to-torch", "from-torch")
 USAGE = """usage:
-  python -m ovs_jax.convert clip --src=... --out=... [--to=hf|ours]
+  python -m ovs_jax.convert clip --src=... --out=... [--to=hf|ours|openclip] [--arch=NAME|CONFIG]
   python -m ovs_jax.convert to-torch --checkpoint=WORKDIR[/STEP] --out=DIR [--dtype=float32|bfloat16]
   python -m ovs_jax.convert from-torch --src=DIR --workdir=NEW_WORKDIR"""
 
 
 def convert_clip(src: str, out: str, to: str = "hf", hidden_act: str | None = None,
-                 dtype: str = "float32") -> str:
+                 dtype: str = "float32", arch: str | None = None) -> str:
   """Convert CLIP weights; returns the output directory after checking it loads back identically."""
-  model = load_clip(src, hidden_act=hidden_act)
+  model = load_clip(src, hidden_act=hidden_act, arch=arch)
+  import ml_dtypes
+  np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
   if to == "hf":
-    import ml_dtypes
-    np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
     save_hf_clip(model, out, np_dtype)
+  elif to == "openclip":
+    save_openclip(model, out, np_dtype)
   else:
     save_orbax_clip(model, out)
   # Reload the output and compare: exact in float32, to the output dtype's precision otherwise.
-  back = torch_state.export_state_dict(load_clip(out))
+  back = torch_state.export_state_dict(load_clip(out, hidden_act=hidden_act))
   exact = to == "ours" or dtype == "float32"
   ours = torch_state.export_state_dict(model)
   for name, value in ours.items():
     if not (np.array_equal(back[name], value) if exact else np.allclose(back[name], value, 1e-2, 1e-2)):
       raise RuntimeError(f"{out}: {name} did not survive the round trip")
-  cfg = model.config
-  print(f"wrote {out} ({to}, {sum(v.size for v in ours.values()) / 1e6:.1f}M parameters, vision "
-        f"{cfg.vision.num_hidden_layers}x{cfg.vision.hidden_size}, text "
-        f"{cfg.text.num_hidden_layers}x{cfg.text.hidden_size})")
+  print(f"wrote {out} ({to}, {sum(v.size for v in ours.values()) / 1e6:.1f}M parameters, "
+        f"{describe(model.config)})")
   return out
 
 
@@ -88,7 +93,7 @@ def main(argv):
     return
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError("--src and --out are required")
-  convert_clip(FLAGS.src, FLAGS.out, FLAGS.to, FLAGS.hidden_act, FLAGS.dtype)
+  convert_clip(FLAGS.src, FLAGS.out, FLAGS.to, FLAGS.hidden_act, FLAGS.dtype, FLAGS.arch)
 
 
 if __name__ == "__main__":

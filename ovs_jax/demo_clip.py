@@ -24,8 +24,8 @@ from flax import nnx
 from PIL import Image
 
 from ovs_jax import preprocess
-from ovs_jax.models.clip import CLIP, l2_normalize
-from ovs_jax.models.clip_config import get_preset
+from ovs_jax.models.clip import CLIPBase, l2_normalize
+from ovs_jax.models.clip_family import build_clip, get_arch
 
 VERSION = 1  # bump when the recipe changes, so stale caches are not reused
 CROP = 96          # training crop side (6x6 patches of 16 px)
@@ -45,8 +45,9 @@ def _labels(label, num_classes, grid):
   return majority(crop), majority(patch)
 
 
-def sample_crops(images, labels, rng, batch, num_classes, size=CROP):
-  """Random square crops (side 40-100 % of the image), flipped half the time, resized to `size`."""
+def sample_crops(images, labels, rng, batch, num_classes, size=CROP, stride=16):
+  """Random square crops (side 40-100 % of the image), flipped half the time, resized to `size`;
+  patch labels on the model's dense grid (`stride` pixels)."""
   pix, lab = [], []
   for i in rng.integers(0, len(images), batch):
     h, w = labels[i].shape
@@ -60,7 +61,7 @@ def sample_crops(images, labels, rng, batch, num_classes, size=CROP):
       img, seg = img[:, ::-1], seg[:, ::-1]
     pix.append(preprocess.normalize(img))
     lab.append(seg)
-  crop_label, patch_label = _labels(np.stack(lab), num_classes, size // 16)
+  crop_label, patch_label = _labels(np.stack(lab), num_classes, size // stride)
   return np.stack(pix), crop_label, patch_label
 
 
@@ -72,12 +73,13 @@ def synonym_ce(logits, label, synonym_class):
   return jnp.where(valid, ce, 0.0).sum() / jnp.maximum(valid.sum(), 1)
 
 
-def pretrain_loss(model: CLIP, pixels, ids, synonym_class, crop_label, patch_label):
-  """Class-token + dense patch synonym cross-entropy (module docstring)."""
-  tokens, (h, w) = model.vision_model(pixels)
-  img = l2_normalize(model.image_head(tokens).astype(jnp.float32))  # (B, 1 + h*w, P)
+def pretrain_loss(model: CLIPBase, pixels, ids, synonym_class, crop_label, patch_label):
+  """Image-embedding + dense patch synonym cross-entropy (module docstring)."""
+  image, dense = model.image_and_dense_features(pixels)
+  b, h, w, p = dense.shape
+  img = l2_normalize(jnp.concatenate([image[:, None], dense.reshape(b, h * w, p)], 1).astype(jnp.float32))
   txt = l2_normalize(model.get_text_features(ids).astype(jnp.float32))  # (S, P)
-  logits = jnp.exp(model.logit_scale[...]) * img @ txt.T
+  logits = jnp.exp(model.logit_scale[...]) * img @ txt.T  # (B, 1 + h*w, S)
   cls_loss = synonym_ce(logits[:, 0], crop_label, synonym_class)
   dense_loss = synonym_ce(logits[:, 1:], patch_label.reshape(-1, h * w), synonym_class)
   return cls_loss + dense_loss, (cls_loss, dense_loss)
@@ -106,7 +108,7 @@ def pretrain(images, labels, vocabulary, *, arch="tiny", steps=300, batch=32, lr
   """Trains a fresh `arch` CLIP on (images, labels) uint8 arrays; -> (model, last losses)."""
   from ovs_jax.templates import get_templates
   from ovs_jax.tokenizer import tokenize
-  model = CLIP(get_preset(arch), rngs=nnx.Rngs(seed))
+  model = build_clip(get_arch(arch), rngs=nnx.Rngs(seed))
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 5), steps)
   optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=0.05), wrt=nnx.Param)
   templates = get_templates("vild")
@@ -122,7 +124,8 @@ def pretrain(images, labels, vocabulary, *, arch="tiny", steps=300, batch=32, lr
   rng = np.random.default_rng(seed)
   losses = None
   for i in range(steps):
-    pixels, crop_label, patch_label = sample_crops(images, labels, rng, batch, len(vocabulary))
+    pixels, crop_label, patch_label = sample_crops(images, labels, rng, batch, len(vocabulary),
+                                                   stride=model.dense_stride)
     texts, synonym_class = _sentences(vocabulary, templates, rng)
     loss, parts = step(model, optimizer, pixels, tokenize(texts)[:, :length], synonym_class, crop_label, patch_label)
     losses = {"loss": float(loss), "class_token": float(parts[0]), "dense": float(parts[1])}
@@ -131,8 +134,8 @@ def pretrain(images, labels, vocabulary, *, arch="tiny", steps=300, batch=32, lr
   return model, losses
 
 
-def patch_accuracy(model: CLIP, images, labels, vocabulary):
-  """Zero-shot accuracy of the dense CLIP map on majority-labelled 16-px patches (max over synonyms)."""
+def patch_accuracy(model: CLIPBase, images, labels, vocabulary):
+  """Zero-shot accuracy of the dense CLIP map on majority-labelled patches (max over synonyms)."""
   from ovs_jax.text_classifier import build_text_classifier
   from ovs_jax.templates import get_templates
   clf = build_text_classifier(model, vocabulary, get_templates("vild"))

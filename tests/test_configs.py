@@ -15,7 +15,8 @@ from ovs_jax.train_step import compile_train_step
 from trainer_helpers import tiny_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.py"))
-VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt_vitb.py": ["", "demo"]}
+VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt_vitb.py": ["", "demo"],
+            "maft_plus_convnext_b.py": ["", "demo", "panoptic"], "maft_plus_convnext_l.py": ["", "demo"]}
 
 
 def _recipes():
@@ -38,7 +39,7 @@ def test_recipe_model_and_loss_build_under_eval_shape(path, arg):
   record = method.architecture(model)
   assert jax.tree.structure(nnx.state(nnx.eval_shape(lambda: method.build_model(config, record)))) == \
       jax.tree.structure(nnx.state(model))
-  spec = method.batch_spec(config, 2, 64, 96)
+  spec = method.batch_spec(config, 2, 128, 160)  # stride-32 maps >= 4 wide (RC's POD pyramid)
   batch = {k: jax.ShapeDtypeStruct(s, jnp.dtype(d)) for k, (s, d) in spec.items()}
   context = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s[0], jnp.dtype(s[1])), method.context_spec(model, 5, 2),
                          is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[1], str))

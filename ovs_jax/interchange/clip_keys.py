@@ -1,4 +1,4 @@
-"""CLIP key map: our NNX parameter paths <-> HF `CLIPModel` names, and OpenCLIP -> HF names.
+"""CLIP key map: our NNX parameter paths <-> HF `CLIPModel` names, and OpenCLIP <-> HF names.
 
 Conversion is data: a parameter's HF name is its path with the leaf renamed, and its layout change
 is decided by the leaf kind alone:
@@ -14,7 +14,6 @@ import re
 
 import numpy as np
 
-from ovs_jax.interchange.errors import CheckpointError
 
 # HF buffers that are not parameters and may appear in older checkpoints.
 IGNORED_HF_KEYS = re.compile(r".*(position_ids|attn_mask)$")
@@ -44,41 +43,48 @@ def torch_name(path: tuple[str, ...]) -> str:
   return to_torch_layout(path, np.zeros((1,) * (4 if path[-1] == "kernel" else 1)))[0]
 
 
-# OpenCLIP -> HF renames, applied in order to each key.
-_OPENCLIP_RENAMES = [
-    (r"^visual\.conv1\.", "vision_model.embeddings.patch_embedding."),
-    (r"^visual\.class_embedding$", "vision_model.embeddings.class_embedding"),
-    (r"^visual\.positional_embedding$", "vision_model.embeddings.position_embedding.weight"),
-    (r"^visual\.ln_pre\.", "vision_model.pre_layrnorm."),
-    (r"^visual\.ln_post\.", "vision_model.post_layernorm."),
-    (r"^visual\.transformer\.resblocks\.", "vision_model.encoder.layers."),
-    (r"^transformer\.resblocks\.", "text_model.encoder.layers."),
-    (r"^token_embedding\.", "text_model.embeddings.token_embedding."),
-    (r"^positional_embedding$", "text_model.embeddings.position_embedding.weight"),
-    (r"^ln_final\.", "text_model.final_layer_norm."),
-    (r"\.ln_1\.", ".layer_norm1."),
-    (r"\.ln_2\.", ".layer_norm2."),
-    (r"\.attn\.out_proj\.", ".self_attn.out_proj."),
-    (r"\.mlp\.c_fc\.", ".mlp.fc1."),
-    (r"\.mlp\.c_proj\.", ".mlp.fc2."),
+# OpenCLIP <-> HF name fragments, (OpenCLIP, HF, where): "key" a whole key, "prefix" a leading
+# fragment, "infix" anywhere. One table gives both directions.
+_RENAMES = [
+    ("visual.conv1.", "vision_model.embeddings.patch_embedding.", "prefix"),
+    ("visual.class_embedding", "vision_model.embeddings.class_embedding", "key"),
+    ("visual.positional_embedding", "vision_model.embeddings.position_embedding.weight", "key"),
+    ("visual.ln_pre.", "vision_model.pre_layrnorm.", "prefix"),
+    ("visual.ln_post.", "vision_model.post_layernorm.", "prefix"),
+    ("visual.transformer.resblocks.", "vision_model.encoder.layers.", "prefix"),
+    ("transformer.resblocks.", "text_model.encoder.layers.", "prefix"),
+    ("token_embedding.", "text_model.embeddings.token_embedding.", "prefix"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight", "key"),
+    ("ln_final.", "text_model.final_layer_norm.", "prefix"),
+    (".ln_1.", ".layer_norm1.", "infix"),
+    (".ln_2.", ".layer_norm2.", "infix"),
+    (".attn.out_proj.", ".self_attn.out_proj.", "infix"),
+    (".mlp.c_fc.", ".mlp.fc1.", "infix"),
+    (".mlp.c_proj.", ".mlp.fc2.", "infix"),
 ]
+# Stored (width, embed) as nn.Parameter, unlike nn.Linear's (out, in).
+_PROJECTIONS = {"visual.proj": "visual_projection.weight", "text_projection": "text_projection.weight"}
+
+
+def _rename(name: str, reverse: bool) -> str:
+  for openclip, hf, where in _RENAMES:
+    src, dst = (hf, openclip) if reverse else (openclip, hf)
+    if where == "key" and name == src or where == "prefix" and name.startswith(src):
+      name = dst + name[len(src):]
+    elif where == "infix":
+      name = name.replace(src, dst)
+  return name
 
 
 def openclip_to_hf(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-  """Rename an OpenCLIP ViT state dict to HF CLIP names (q/k/v split, projections transposed)."""
-  if "visual.conv1.weight" not in sd:
-    if any(k.startswith("visual.trunk.") or k.startswith("visual.layer1") for k in sd):
-      raise CheckpointError("OpenCLIP checkpoint has a non-ViT image tower (timm/ResNet trunk); "
-                            "only ViT CLIP towers are supported")
-    raise CheckpointError("not an OpenCLIP ViT state dict: key 'visual.conv1.weight' is missing")
+  """OpenCLIP names -> ours: HF CLIP names for the text tower and a ViT image tower (q/k/v split,
+  projections transposed); a timm trunk's `visual.trunk.*` / `visual.head.*` keys are kept."""
   out = {}
   for k, v in sd.items():
-    if k in ("visual.proj", "text_projection"):  # stored (width, embed), unlike nn.Linear
-      out["visual_projection.weight" if k == "visual.proj" else "text_projection.weight"] = v.T
+    if k in _PROJECTIONS:
+      out[_PROJECTIONS[k]] = v.T
       continue
-    name = k
-    for pattern, repl in _OPENCLIP_RENAMES:
-      name = re.sub(pattern, repl, name)
+    name = k if k.startswith(("visual.trunk.", "visual.head.")) else _rename(k, reverse=False)
     m = re.match(r"(.*)\.attn\.in_proj_(weight|bias)$", name)
     if m:
       for proj, part in zip("qkv", np.split(v, 3, axis=0)):
@@ -88,22 +94,20 @@ def openclip_to_hf(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   return out
 
 
-def infer_openclip_config(sd: dict[str, np.ndarray], hidden_act: str):
-  """CLIPConfig from the shapes of an OpenCLIP ViT state dict (head width 64, as OpenCLIP uses)."""
-  from ovs_jax.models.clip_config import CLIPConfig, TowerConfig
-
-  def layers(prefix):
-    idx = {int(m[1]) for k in sd if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
-    return len(idx)
-  width, _, patch, _ = sd["visual.conv1.weight"].shape
-  grid = int(round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5))
-  tw = sd["token_embedding.weight"].shape[1]
-  vision = TowerConfig(width, sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                       layers("visual.transformer.resblocks."), width // 64, hidden_act,
-                       image_size=grid * patch, patch_size=patch)
-  text = TowerConfig(tw, sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
-                     layers("transformer.resblocks."), tw // 64, hidden_act,
-                     vocab_size=sd["token_embedding.weight"].shape[0],
-                     max_position_embeddings=sd["positional_embedding"].shape[0],
-                     eos_token_id=sd["token_embedding.weight"].shape[0] - 1)
-  return CLIPConfig(vision, text, projection_dim=sd["text_projection"].shape[1])
+def hf_to_openclip(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Inverse of `openclip_to_hf`: q/k/v merged into `in_proj_*`, projections transposed back."""
+  out, qkv = {}, {}
+  for k, v in sd.items():
+    inverse = {hf: oc for oc, hf in _PROJECTIONS.items()}
+    if k in inverse:
+      out[inverse[k]] = v.T
+      continue
+    m = re.match(r"(.*)\.self_attn\.([qkv])_proj\.(weight|bias)$", k)
+    if m:
+      qkv.setdefault((m[1], m[3]), {})[m[2]] = v
+      continue
+    out[k if k.startswith(("visual.trunk.", "visual.head.")) else _rename(k, reverse=True)] = v
+  for (prefix, kind), parts in qkv.items():
+    out[_rename(f"{prefix}.attn.in_proj_{kind}", reverse=True)] = np.concatenate(
+        [parts["q"], parts["k"], parts["v"]], axis=0)
+  return out

@@ -6,10 +6,10 @@ from pathlib import Path
 import jax.numpy as jnp
 from flax import nnx
 
+from ovs_jax.interchange import openclip
 from ovs_jax.interchange.clip_weights import load_clip
-from ovs_jax.models.clip import CLIP
-from ovs_jax.models import clip_config
-from ovs_jax.models.clip_config import get_preset
+from ovs_jax.models import clip_family
+from ovs_jax.models.clip import CLIPBase
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -20,20 +20,22 @@ def compute_dtype(name: str):
   return DTYPES[name]
 
 
-def clip_from_config(config, architecture: dict | None = None) -> CLIP:
-  """CLIP for a method's `build_model`. With an `architecture` record ({'clip': HF config dict}):
-  random weights in those shapes (restore fills them). Otherwise `config.clip.weights`: a weights
-  path, 'random' (random `config.clip.arch`, tests) or 'demo' (`config.clip.arch` pre-trained on
-  the demo dataset, built and cached on first use)."""
+def clip_from_config(config, architecture: dict | None = None) -> CLIPBase:
+  """CLIP for a method's `build_model`. With an `architecture` record ({'clip': record of
+  `models/clip_family`}): random weights in those shapes (restore fills them). Otherwise
+  `config.clip.weights`: a weights path, 'random' (random `config.clip.arch`, tests) or 'demo'
+  (`config.clip.arch` pre-trained on the demo dataset, built and cached on first use). For OpenCLIP
+  files, `config.clip.arch` names the model when it is an OpenCLIP name (or a config JSON)."""
   c, m = config.clip, config.model
   kw = dict(dtype=compute_dtype(m.dtype), scan=m.get("scan", False), remat=m.get("remat", False))
   if architecture is not None:
-    return CLIP(clip_config.from_hf_dict(dict(architecture["clip"])), rngs=nnx.Rngs(config.seed), **kw)
+    return clip_family.build_clip(clip_family.from_record(dict(architecture["clip"])),
+                                  rngs=nnx.Rngs(config.seed), **kw)
   if c.weights == "demo":
     from ovs_jax.demo_clip import demo_clip_dir
     return load_clip(demo_clip_dir(arch=c.arch, seed=config.seed), **kw)
   if c.weights == "random":
-    return CLIP(get_preset(c.arch), rngs=nnx.Rngs(config.seed), **kw)
+    return clip_family.build_clip(clip_family.get_arch(c.arch), rngs=nnx.Rngs(config.seed), **kw)
   if not c.weights:
     raise ValueError(
         "config.clip.weights is not set: give CLIP weights with --config.clip.weights=PATH (an HF "
@@ -44,4 +46,5 @@ def clip_from_config(config, architecture: dict | None = None) -> CLIP:
         f"config.clip.weights={c.weights}: not found. Download CLIP weights on a machine with "
         "internet (e.g. `huggingface-cli download openai/clip-vit-base-patch16 --local-dir DIR`) "
         "or convert OpenCLIP weights with `python -m ovs_jax.convert clip --src=FILE --out=DIR`")
-  return load_clip(c.weights, hidden_act=c.get("hidden_act") or None, **kw)
+  arch = c.arch if c.arch in openclip.known_configs() or str(c.arch).endswith(".json") else None
+  return load_clip(c.weights, hidden_act=c.get("hidden_act") or None, arch=arch, **kw)

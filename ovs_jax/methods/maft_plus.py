@@ -33,29 +33,38 @@ from ovs_jax.losses.mask_aware import mask_aware_loss
 from ovs_jax.losses.representation_compensation import representation_compensation_loss
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
 from ovs_jax.methods.base import Method
-from ovs_jax.models.clip import CLIP, l2_normalize
+from ovs_jax.models.clip import CLIPBase, l2_normalize
 from ovs_jax.ops.mask_pooling import mask_pool
 from ovs_jax.ops.resize import resize_nchw
 from ovs_jax.text_classifier import max_over_synonyms
 
-# Parameters that never train (regexes over 'a/b/c' paths), as in the paper's recipe.
+# Parameters that never train (regexes over 'a/b/c' paths), as the official `_freeze`: text tower,
+# logit scale, the CLIP head (ViT: post-LN + projection; ConvNeXt: trunk head norm + OpenCLIP head)
+# and the teacher. The image trunk trains at lr x0.1 (BACKBONE).
 FROZEN = (r"clip/text_model/", r"clip/text_projection/", r"clip/logit_scale",
-          r"clip/vision_model/post_layernorm/", r"clip/visual_projection/", r"teacher/")
-BACKBONE = r"clip/vision_model/"
+          r"clip/vision_model/post_layernorm/", r"clip/visual_projection/",
+          r"clip/visual/trunk/head/", r"clip/visual/head/", r"teacher/")
+BACKBONE = r"clip/(vision_model|visual)/"
 
 
 class MAFTPlus(nnx.Module):
 
-  def __init__(self, clip: CLIP, model_config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, clip: CLIPBase, model_config, *, dtype=jnp.float32, rngs: nnx.Rngs):
     c = model_config
-    width, dim = clip.config.vision.hidden_size, clip.config.projection_dim
+    dim = clip.config.projection_dim
     self.clip = clip
     # Frozen copy of the initial image tower, in its own buffers (jit donates the student's).
-    self.teacher = nnx.clone(clip.vision_model)
+    self.teacher = nnx.clone(clip.image_tower)
     nnx.update(self.teacher, jax.tree.map(lambda x: jnp.array(x, copy=True), nnx.state(self.teacher)))
     kw = dict(dtype=dtype, rngs=rngs)
-    self.pyramid = SimpleFeaturePyramid(width, c.hidden_dim, **kw)
-    self.head = MaskFormerHead(SimpleFeaturePyramid.channels(c.hidden_dim), num_queries=c.num_queries,
+    # A ViT's single stride-16 map goes through a simple feature pyramid; a convolutional tower
+    # (ConvNeXt) gives res2..res5 itself, as the official backbone's `extract_features`.
+    channels = clip.backbone_channels()
+    self.pyramid = nnx.data(None)
+    if channels is None:
+      self.pyramid = SimpleFeaturePyramid(clip.config.vision.hidden_size, c.hidden_dim, **kw)
+      channels = SimpleFeaturePyramid.channels(c.hidden_dim)
+    self.head = MaskFormerHead(channels, num_queries=c.num_queries,
                                hidden_dim=c.hidden_dim, mask_dim=c.hidden_dim, enc_layers=c.enc_layers,
                                enc_ffn_dim=c.enc_ffn_dim, dec_layers=c.dec_layers,
                                dec_ffn_dim=c.dec_ffn_dim, num_heads=c.num_heads,
@@ -68,8 +77,16 @@ class MAFTPlus(nnx.Module):
 
   def teacher_trunk(self, pixels):
     """Trunk features of the frozen initial tower (the RC teacher), no gradient."""
-    tokens, (h, w) = self.teacher(pixels)
-    return jax.lax.stop_gradient(tokens[:, 1:].reshape(tokens.shape[0], h, w, -1))
+    return jax.lax.stop_gradient(self.teacher.trunk_features(pixels))
+
+  def backbone(self, pixels):
+    """-> (mask-head input levels res2..res5, detached; the trunk's dense CLIP map)."""
+    pyramid = self.clip.backbone_features(pixels)
+    if pyramid is None:
+      trunk = self.clip.trunk_features(pixels)  # before the CLIP head
+      return self.pyramid(jax.lax.stop_gradient(trunk)), trunk
+    levels = {k: jax.lax.stop_gradient(pyramid[k]) for k in ("res2", "res3", "res4", "res5")}
+    return levels, pyramid["clip_vis_dense"]
 
   def in_vocab_logits(self, prediction, mask_features, text, synonym_index):
     """FC-CLIP's class path for one prediction set -> (B, Q, C+1), void last."""
@@ -94,9 +111,9 @@ class MAFTPlus(nnx.Module):
     'pred_masks' (B, Q, H/4, W/4)), plus 'out_vocab_logits' (B, Q, C) of the final set and the
     student's 'trunk' features (B, h, w, width).
     """
-    trunk = self.clip.trunk_features(pixels)  # before the CLIP head
+    levels, trunk = self.backbone(pixels)
     classify = lambda s, mask_features: self.in_vocab_logits(s, mask_features, text, synonym_index)
-    out = self.head(self.pyramid(jax.lax.stop_gradient(trunk)), classify)
+    out = self.head(levels, classify)
     out["out_vocab_logits"] = self.out_of_vocab_logits(trunk, out["pred_masks"], text, synonym_index)
     out["trunk"] = trunk
     return out
@@ -178,8 +195,8 @@ class MAFTPlusMethod(Method):
                     rngs=nnx.Rngs(config.seed + 1))
 
   def architecture(self, model):
-    from ovs_jax.models import clip_config
-    return {"clip": clip_config.to_hf_dict(model.clip.config)}
+    from ovs_jax.models import clip_family
+    return {"clip": clip_family.to_record(model.clip.config)}
 
   def train_context(self, model, config, vocabulary, templates, cache_dir):
     return text_context(model, vocabulary, templates, cache_dir)

@@ -142,6 +142,11 @@ class VisionTransformer(nnx.Module):
     x = self.encoder(self.pre_layrnorm(x), maskclip_last=maskclip)
     return x, grid
 
+  def trunk_features(self, pixels, *, maskclip: bool = False):
+    """(B, H, W, 3) -> (B, h, w, D): patch tokens of the last block, before the CLIP head."""
+    x, (h, w) = self(pixels, maskclip=maskclip)
+    return x[:, 1:].reshape(x.shape[0], h, w, -1)
+
 
 class TextEmbeddings(nnx.Module):
   """HF `text_model.embeddings`: token and position tables (added in `TextTransformer`)."""
@@ -184,38 +189,54 @@ def eot_position(ids, eos_token_id: int):
   return jnp.argmax(ids == eos_token_id, axis=-1)
 
 
-class CLIP(nnx.Module):
-  """HF `CLIPModel`: both towers, their projections and the logit scale."""
+class CLIPBase(nnx.Module):
+  """What every CLIP variant shares: the causal text tower (HF names), its projection, the logit
+  scale and the contrastive logits. Subclasses build the image side (`image_tower`, `image_head`)."""
 
-  def __init__(self, cfg: CLIPConfig, *, dtype=jnp.float32, scan: bool = False, remat: bool = False,
-               rngs: nnx.Rngs):
-    self.config = cfg
-    kw = dict(dtype=dtype, scan=scan, remat=remat, rngs=rngs)
-    self.vision_model = VisionTransformer(cfg.vision, **kw)
-    self.text_model = TextTransformer(cfg.text, **kw)
-    self.visual_projection = dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"),
-                                   dtype=dtype, rngs=rngs, use_bias=False)
-    self.text_projection = dense(cfg.text.hidden_size, cfg.projection_dim, ("embed", "proj"),
+  def _init_text(self, text: TowerConfig, projection_dim: int, logit_scale_init: float, *, dtype,
+                 scan, remat, rngs):
+    self.text_model = TextTransformer(text, dtype=dtype, scan=scan, remat=remat, rngs=rngs)
+    self.text_projection = dense(text.hidden_size, projection_dim, ("embed", "proj"),
                                  dtype=dtype, rngs=rngs, use_bias=False)
-    self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init_value, jnp.float32), out_sharding=())
+    self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), out_sharding=())
 
-  def image_head(self, tokens):
-    """CLIP head (post-LN, projection) applied to any tokens (..., D) -> (..., P)."""
-    return self.visual_projection(self.vision_model.post_layernorm(tokens))
+  @property
+  def image_tower(self) -> nnx.Module:
+    """The image tower module; its `trunk_features(pixels)` gives the dense map before the CLIP head."""
+    raise NotImplementedError
+
+  def image_head(self, features):
+    """CLIP head applied to any trunk feature vectors (..., width) -> (..., P)."""
+    raise NotImplementedError
+
+  @property
+  def dense_stride(self) -> int:
+    """Input pixels per position of the dense map."""
+    raise NotImplementedError
+
+  def backbone_channels(self) -> dict[str, int] | None:
+    """Channels of `backbone_features`' levels, or None."""
+    return None
+
+  def backbone_features(self, pixels):
+    """{'res2'..'res5'} pyramid of a convolutional tower, or None (a ViT has one stride)."""
+    return None
+
+  def trunk_features(self, pixels, **kw):
+    """(B, H, W, 3) -> (B, h, w, width): the dense map before the CLIP head."""
+    return self.image_tower.trunk_features(pixels, **kw)
+
+  def dense_features(self, pixels, **kw):
+    """(B, H, W, 3) -> (B, h, w, P): every position of the dense map through the CLIP head."""
+    return self.image_head(self.trunk_features(pixels, **kw))
+
+  def image_and_dense_features(self, pixels):
+    """(B, H, W, 3) -> ((B, P) image embeddings, (B, h, w, P) dense map) from one forward."""
+    raise NotImplementedError
 
   def get_image_features(self, pixels):
-    """(B, H, W, 3) -> (B, P) unnormalised image embeddings (class token)."""
-    x, _ = self.vision_model(pixels)
-    return self.image_head(x[:, 0])
-
-  def trunk_features(self, pixels, *, maskclip: bool = False):
-    """(B, H, W, 3) -> (B, h, w, width): patch tokens of the last block, before the CLIP head."""
-    x, (h, w) = self.vision_model(pixels, maskclip=maskclip)
-    return x[:, 1:].reshape(x.shape[0], h, w, -1)
-
-  def dense_features(self, pixels, *, maskclip: bool = False):
-    """(B, H, W, 3) -> (B, h, w, P): every patch token through the CLIP head."""
-    return self.image_head(self.trunk_features(pixels, maskclip=maskclip))
+    """(B, H, W, 3) -> (B, P) unnormalised image embeddings."""
+    return self.image_and_dense_features(pixels)[0]
 
   def get_text_features(self, ids):
     """(B, L) token ids -> (B, P) unnormalised text embeddings."""
@@ -230,6 +251,42 @@ class CLIP(nnx.Module):
     img = l2_normalize(self.get_image_features(pixels).astype(jnp.float32))
     txt = l2_normalize(self.get_text_features(ids).astype(jnp.float32))
     return jnp.exp(self.logit_scale[...]) * img @ txt.T
+
+
+class CLIP(CLIPBase):
+  """HF `CLIPModel` (ViT image tower): both towers, their projections and the logit scale."""
+
+  def __init__(self, cfg: CLIPConfig, *, dtype=jnp.float32, scan: bool = False, remat: bool = False,
+               rngs: nnx.Rngs):
+    self.config = cfg
+    kw = dict(dtype=dtype, scan=scan, remat=remat, rngs=rngs)
+    self.vision_model = VisionTransformer(cfg.vision, **kw)
+    self._init_text(cfg.text, cfg.projection_dim, cfg.logit_scale_init_value, **kw)
+    self.visual_projection = dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"),
+                                   dtype=dtype, rngs=rngs, use_bias=False)
+
+  @property
+  def image_tower(self):
+    return self.vision_model
+
+  @property
+  def dense_stride(self):
+    return self.config.vision.patch_size
+
+  def image_head(self, tokens):
+    """CLIP head (post-LN, projection) applied to any tokens (..., D) -> (..., P)."""
+    return self.visual_projection(self.vision_model.post_layernorm(tokens))
+
+  def image_and_dense_features(self, pixels):
+    """Class token and every patch token through the CLIP head."""
+    x, (h, w) = self.vision_model(pixels)
+    out = self.image_head(x)
+    return out[:, 0], out[:, 1:].reshape(x.shape[0], h, w, -1)
+
+  def get_image_features(self, pixels):
+    """(B, H, W, 3) -> (B, P) unnormalised image embeddings (class token)."""
+    x, _ = self.vision_model(pixels)
+    return self.image_head(x[:, 0])
 
 
 def l2_normalize(x, eps=1e-12):

@@ -193,6 +193,10 @@ class ConvNeXtImageTower(nnx.Module):
     out["clip_vis_dense"] = x
     return out
 
+  def trunk_features(self, pixels):
+    """(B, H, W, 3) -> (B, H/32, W/32, C): the dense map MAFT+ pools ('clip_vis_dense')."""
+    return self.features(pixels)["clip_vis_dense"]
+
   def image_head(self, x):
     """CLIP head (trunk head LayerNorm, projection) on any (..., C) vectors -> (..., embed_dim):
     MAFT+'s `visual_prediction_forward_convnext` on pooled mask features."""
