@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from ovs_jax.interchange.clip_keys import to_torch_layout
-from ovs_jax.interchange.torch_state import import_state_dict
 from ovs_jax.models.convnext import PRESETS, ConvNeXtImageTower
+from tower_helpers import load_tower, remat_grads, run_jitted, torch_shapes
 
 TINY = PRESETS["tiny"]
 
@@ -105,20 +104,13 @@ def reference(cfg, sd, pixels, vectors):
 
 
 def loaded(cfg, sd, **kw):
-  """Our tower holding `sd` (built abstractly: random init would only be overwritten)."""
-  model = nnx.eval_shape(lambda: ConvNeXtImageTower(cfg, rngs=nnx.Rngs(0), **kw))
-  import_state_dict(model, sd, source="random OpenCLIP state dict")
-  return model
+  return load_tower(lambda: ConvNeXtImageTower(cfg, rngs=nnx.Rngs(0), **kw), sd)
 
 
 def ours(cfg, sd, pixels, vectors, **kw):
-  graphdef, state = nnx.split(loaded(cfg, sd, **kw))
-
-  @jax.jit
-  def run(state, pixels, vectors):
-    m = nnx.merge(graphdef, state)
+  def run(m, pixels, vectors):
     return {**m.features(pixels), "embedding": m(pixels), "image_head": m.image_head(vectors)}
-  return jax.tree.map(np.asarray, run(state, jnp.asarray(pixels), jnp.asarray(vectors)))
+  return run_jitted(loaded(cfg, sd, **kw), run, pixels, vectors)
 
 
 @pytest.mark.parametrize("head", ["mlp", "linear"])
@@ -141,14 +133,9 @@ def test_matches_timm_openclip_reference(head):
 
 def test_remat_gives_the_same_embedding_and_gradients():
   sd = random_state_dict(TINY)
-  pixels = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
-
-  def grads(remat):
-    model = loaded(TINY, sd, remat=remat)
-    return nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(pixels) ** 2)))(model)
-  (a, ga), (b, gb) = grads(False), grads(True)
-  np.testing.assert_allclose(a, b, rtol=1e-5)
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5), ga, gb)
+  ga, gb = remat_grads(lambda **kw: loaded(TINY, sd, **kw), TINY.image_size)
+  for k, x in ga.items():
+    np.testing.assert_allclose(x, gb[k], rtol=1e-4, atol=1e-5, err_msg=str(k))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_norms():
@@ -188,16 +175,7 @@ OPENCLIP_IMAGE_MPARAMS = {"convnext_base_w_320": 88.22, "convnext_large_d_320": 
 def test_full_size_presets_have_timm_shapes_and_openclip_counts(name):
   cfg = PRESETS[name]
   model = nnx.eval_shape(lambda: ConvNeXtImageTower(cfg, rngs=nnx.Rngs(0)))
-  params = nnx.state(model, nnx.Param)
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(params))[0]
-  specs = jax.tree.leaves(nnx.get_partition_spec(params),
-                          is_leaf=lambda x: isinstance(x, nnx.Variable))
-  shapes = {}
-  for (path, leaf), spec in zip(leaves, specs, strict=True):
-    key, value = to_torch_layout(tuple(str(p.key) for p in path),
-                                 np.broadcast_to(np.float32(0), leaf.shape))  # no memory
-    shapes[key] = value.shape
-    assert len(spec.out_sharding) == len(leaf.shape), key  # a logical name per axis
+  shapes = torch_shapes(model)  # with a logical name per axis
   assert shapes == timm_shapes(cfg)
   n = sum(int(np.prod(s)) for s in shapes.values())
   assert n == formula_count(cfg)

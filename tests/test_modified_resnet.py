@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
-from ovs_jax.interchange.clip_keys import to_torch_layout
 from ovs_jax.interchange.errors import CheckpointError
-from ovs_jax.interchange.torch_state import export_state_dict, import_state_dict, key_map
+from ovs_jax.interchange.torch_state import export_state_dict, key_map
 from ovs_jax.models.modified_resnet import PRESETS, ModifiedResNetConfig, ModifiedResNetImageTower
+from tower_helpers import load_tower, remat_grads, run_jitted, torch_shapes
 
 TINY = PRESETS["tiny"]
 # Another shape family: grid 3 (so a 2x3 res5 map resizes the embedding down), 16 heads of 32.
@@ -82,8 +82,8 @@ def random_state_dict(cfg, seed=0):
 
 
 def _bn(x, sd, name):
-  return F.batch_norm(x, *(sd[f"{name}.{k}"] for k in ("running_mean", "running_var", "weight", "bias")),
-                      training=False, eps=1e-5)
+  stats = (sd[f"{name}.{k}"] for k in ("running_mean", "running_var", "weight", "bias"))
+  return F.batch_norm(x, *stats, training=False, eps=1e-5)
 
 
 def _bottleneck(x, sd, name, stride):
@@ -95,7 +95,8 @@ def _bottleneck(x, sd, name, stride):
   identity = x
   if f"{name}.downsample.0.weight" in sd:
     identity = F.avg_pool2d(x, stride) if stride > 1 else x
-    identity = _bn(F.conv2d(identity, sd[f"{name}.downsample.0.weight"]), sd, f"{name}.downsample.1")
+    identity = F.conv2d(identity, sd[f"{name}.downsample.0.weight"])
+    identity = _bn(identity, sd, f"{name}.downsample.1")
   return F.relu(out + identity)
 
 
@@ -114,7 +115,8 @@ def _attention(query, key_value, sd, heads, attn_mask=None):
 
 
 def _spatial_pos(sd, h, w):
-  """MAFT+: the grid's positional embedding, F.interpolate(bilinear, align_corners=False) -> (hw, C)."""
+  """MAFT+: the grid's positional embedding through F.interpolate(bilinear, align_corners=False)
+  -> (hw, C)."""
   pos = sd["attnpool.positional_embedding"]
   g, c = int(round((pos.shape[0] - 1) ** 0.5)), pos.shape[1]
   grid = pos[1:].T.reshape(1, c, g, g)
@@ -166,22 +168,15 @@ def reference(cfg, sd, pixels, masks):
 
 
 def loaded(cfg, sd, **kw):
-  """Our tower holding `sd` (built abstractly: random init would only be overwritten)."""
-  model = nnx.eval_shape(lambda: ModifiedResNetImageTower(cfg, rngs=nnx.Rngs(0), **kw))
-  import_state_dict(model, sd, source="random OpenCLIP state dict")
-  return model
+  return load_tower(lambda: ModifiedResNetImageTower(cfg, rngs=nnx.Rngs(0), **kw), sd)
 
 
 def ours(cfg, sd, pixels, masks, **kw):
-  graphdef, state = nnx.split(loaded(cfg, sd, **kw))
-
-  @jax.jit
-  def run(state, pixels, masks):
-    m = nnx.merge(graphdef, state)
+  def run(m, pixels, masks):
     feats = m.features(pixels)
     return {**feats, "embedding": m(pixels), "dense": m.dense_features(pixels),
             "masked": m.masked_attention_pool(feats["res5"], masks)}
-  return jax.tree.map(np.asarray, run(state, jnp.asarray(pixels), jnp.asarray(masks)))
+  return run_jitted(loaded(cfg, sd, **kw), run, pixels, masks)
 
 
 def random_masks(rng, b, q, h, w):
@@ -252,29 +247,23 @@ def test_empty_mask_gives_the_c_proj_bias_without_gradient_leaks():
   assert not np.asarray(g_masks).any()
   g_model, g_res5, _ = grad(model, res5, masks, jnp.array([0.0, 0.0, 1.0]))  # the empty mask alone
   assert not np.asarray(g_res5).any()
-  nonzero = {"/".join(map(str, p)) for p, x in nnx.to_flat_state(nnx.state(g_model)) if np.any(x[...])}
+  flat = nnx.to_flat_state(nnx.state(g_model))
+  nonzero = {"/".join(map(str, p)) for p, x in flat if np.any(x[...])}
   assert nonzero == {"attnpool/c_proj/bias"}
 
 
 def test_remat_gives_the_same_embedding_and_gradients():
   sd = random_state_dict(TINY)
-  pixels = jnp.asarray(np.random.default_rng(2).standard_normal((1, 64, 64, 3)), jnp.float32)
-
-  def grads(remat):
-    model = loaded(TINY, sd, remat=remat)
-    return nnx.jit(nnx.value_and_grad(lambda m: jnp.sum(m(pixels) ** 2)))(model)
-  (a, ga), (b, gb) = grads(False), grads(True)
-  np.testing.assert_allclose(a, b, rtol=1e-5)
-  ga, gb = dict(nnx.to_flat_state(ga)), dict(nnx.to_flat_state(gb))
+  ga, gb = remat_grads(lambda **kw: loaded(TINY, sd, **kw), TINY.image_size)
+  # Gradients reach parameters only: running statistics stay frozen.
+  assert not [k for k in ga if k[-1] in ("mean", "var")] and ("bn1", "scale") in ga
   # Attention is invariant to a per-query constant added to the keys: k_proj.bias's gradient is 0,
   # and both runs hold only rounding noise there.
   k_bias = ("attnpool", "k_proj", "bias")
-  assert max(np.abs(ga.pop(k_bias)[...]).max(), np.abs(gb.pop(k_bias)[...]).max()) < 1e-4
+  assert max(np.abs(ga.pop(k_bias)).max(), np.abs(gb.pop(k_bias)).max()) < 1e-4
   for k, x in ga.items():  # same maths, other fusions: float32 noise at each gradient's scale
-    y = gb[k][...]
-    np.testing.assert_allclose(x[...], y, rtol=1e-4, atol=1e-4 * np.abs(y).max(), err_msg=str(k))
-  # Gradients reach parameters only: running statistics stay frozen.
-  assert not jax.tree.leaves(nnx.state(ga, nnx.BatchStat))
+    y = gb[k]
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4 * np.abs(y).max(), err_msg=str(k))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_statistics():
@@ -335,16 +324,7 @@ def test_full_size_presets_have_clip_shapes_and_openclip_counts(name):
   cfg = PRESETS[name]
   assert cfg.heads == 32  # CLIP's build_model: vision_width * 32 // 64
   model = nnx.eval_shape(lambda: ModifiedResNetImageTower(cfg, rngs=nnx.Rngs(0)))
-  state = nnx.state(model, (nnx.Param, nnx.BatchStat))
-  leaves = jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]
-  specs = jax.tree.leaves(nnx.get_partition_spec(state), is_leaf=lambda x: isinstance(x, nnx.Variable))
-  shapes = {}
-  for (path, leaf), spec in zip(leaves, specs, strict=True):
-    key, value = to_torch_layout(tuple(str(p.key) for p in path),
-                                 np.broadcast_to(np.float32(0), leaf.shape))  # no memory
-    shapes[key] = value.shape
-    assert len(spec.out_sharding) == len(leaf.shape), key  # a logical name per axis
-  assert shapes == clip_shapes(cfg)
+  assert torch_shapes(model) == clip_shapes(cfg)  # parameters and running statistics
   n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   assert n == formula_count(cfg)
   assert round(n / 1e6, 2) == OPENCLIP_IMAGE_MPARAMS[name]
@@ -353,9 +333,11 @@ def test_full_size_presets_have_clip_shapes_and_openclip_counts(name):
   def run(state, x):
     m = nnx.merge(graphdef, state)
     feats = m.features(x)
-    return m(x), m.dense_features(x), m.masked_attention_pool(feats["res5"], jnp.zeros((1, 3, 7, 7))), feats
+    masked = m.masked_attention_pool(feats["res5"], jnp.zeros((1, 3, 7, 7)))
+    return m(x), m.dense_features(x), masked, feats
   size = cfg.image_size
-  emb, dense, masked, feats = jax.eval_shape(run, state, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  pixels = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  emb, dense, masked, feats = jax.eval_shape(run, state, pixels)
   assert emb.shape == (1, cfg.embed_dim) and masked.shape == (1, 3, cfg.embed_dim)
   assert dense.shape == (1, 7, 7, cfg.embed_dim)
   assert [feats[k].shape for k in ("stem", "res2", "res3", "res4", "res5")] == [

@@ -11,10 +11,11 @@ and `downsample.1` (BatchNorm); the pool has none. Convolutions are NHWC with HW
 parameter carries logical axis names. Images are NHWC float arrays normalised with CLIP's mean/std.
 
 Sources (read for facts and shapes): OpenAI CLIP `clip/model.py` (Bottleneck, AttentionPool2d,
-ModifiedResNet, heads = width * 32 // 64 in `build_model`); OpenCLIP `src/open_clip/modified_resnet.py`
-(same module, `init_parameters`) and `docs/model_profile.csv`; MAFT+ `maft/modeling/backbone/clip.py`
-(`extract_features_resnet`, `visual_prediction_forward_resnet`); MaskCLIP
-`mmseg/models/decode_heads/maskclip_head.py` (dense features: `c_proj(v_proj(x))` as 1x1 convs).
+ModifiedResNet, heads = width * 32 // 64 in `build_model`); OpenCLIP
+`src/open_clip/modified_resnet.py` (same module, `init_parameters`) and `docs/model_profile.csv`;
+MAFT+ `maft/modeling/backbone/clip.py` (`extract_features_resnet`,
+`visual_prediction_forward_resnet`); MaskCLIP `mmseg/models/decode_heads/maskclip_head.py` (dense
+features: `c_proj(v_proj(x))` as 1x1 convs).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class ModifiedResNetConfig:
   layers: tuple[int, ...]  # bottleneck blocks per stage (strides 4, 8, 16, 32)
   width: int = 64  # stem width; stage i has width * 2**i planes, width * 2**i * 4 channels out
   embed_dim: int = 1024  # CLIP embedding width (the attention pool's `output_dim`)
-  image_size: int = 224  # pretraining size: the positional embedding covers image_size // 32 squared
+  image_size: int = 224  # pretraining size: positional embedding for an (image_size // 32)^2 grid
   head_width: int = 64  # attention-pool heads = width * 32 // head_width (CLIP's, OpenCLIP's)
 
   def __post_init__(self):
@@ -69,16 +70,17 @@ PRESETS: dict[str, ModifiedResNetConfig] = {
 
 def get_preset(name: str, **overrides) -> ModifiedResNetConfig:
   if name not in PRESETS:
-    raise ValueError(f"unknown ModifiedResNet architecture {name!r}: expected one of {sorted(PRESETS)}")
+    raise ValueError(f"unknown ModifiedResNet architecture {name!r}: "
+                     f"expected one of {sorted(PRESETS)}")
   return dataclasses.replace(PRESETS[name], **overrides)
 
 
 def _conv(din, dout, kernel, *, stride=1, dtype, rngs):
-  """Bias-free conv with PyTorch's padding k // 2 (a stride-2 3x3 floor-divides odd sides as torch)."""
+  """Bias-free conv with PyTorch's padding k // 2 (the stride-2 3x3 gives torch's ceil(H / 2))."""
+  names = (None, None, "conv_in", "conv_out")
   return nnx.Conv(din, dout, (kernel, kernel), (stride, stride), padding=[(kernel // 2,) * 2] * 2,
                   use_bias=False, dtype=dtype,
-                  kernel_init=nnx.with_partitioning(_conv_init, (None, None, "conv_in", "conv_out")),
-                  rngs=rngs)
+                  kernel_init=nnx.with_partitioning(_conv_init, names), rngs=rngs)
 
 
 def _bn(d, *, dtype, rngs, scale_init=layers.ones):
@@ -171,7 +173,8 @@ class AttentionPool2d(nnx.Module):
     pos0, pos = self.positions(h, w, x.dtype)
     pixels = x.reshape(b, h * w, c)
     kv = pixels + pos
-    query = self.q_proj(jnp.mean(pixels, axis=1, keepdims=True) + pos0)  # one query, shared by Q masks
+    # One query, shared by the Q masks.
+    query = self.q_proj(jnp.mean(pixels, axis=1, keepdims=True) + pos0)
     out = multi_head_attention(jnp.broadcast_to(query, (b, q, c)), self.k_proj(kv), self.v_proj(kv),
                                self.num_heads, mask=inside[:, None])
     return self.c_proj(jnp.where(empty, 0, out))
@@ -214,7 +217,8 @@ class ModifiedResNetImageTower(nnx.Module):
   def features(self, pixels):
     """(B, H, W, 3) -> {'stem': (B, H/2, W/2, width) after the 3 stem convs (before their pool),
     'res2'..'res5': (B, H/s, W/s, C_s) at strides 4, 8, 16, 32, 'clip_vis_dense': res5}, as MAFT+'s
-    `extract_features_resnet`; sides are floor-divided like PyTorch's."""
+    `extract_features_resnet`. Sides as PyTorch's: ceil(H/2) after the stem conv, then each pool
+    floors."""
     x = pixels.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x)))
     x = nnx.relu(self.bn2(self.conv2(x)))
