@@ -194,19 +194,20 @@ def assert_close(got, ref):
     np.testing.assert_allclose(got[k], ref[k], atol=1e-4, rtol=1e-4, err_msg=k)
 
 
-@pytest.mark.parametrize("cfg,size", [(TINY, (70, 100)), (TINY, (64, 64)), (SMALL, (70, 100))],
-                         ids=["tiny-70x100", "tiny-native", "small-70x100"])
+@pytest.mark.parametrize("cfg,size", [(TINY, (71, 101)), (TINY, (64, 64)), (SMALL, (70, 100))],
+                         ids=["tiny-71x101", "tiny-native", "small-70x100"])
 def test_matches_clip_maft_maskclip_reference(cfg, size):
   sd = random_state_dict(cfg)
   rng = np.random.default_rng(1)
   pixels = rng.standard_normal((2, *size, 3)).astype(np.float32)
-  # 70x100: stem 35x50 (stride-2 conv floors), then 17x25, 8x12, 4x6, 2x3 (pools floor).
-  h, w = (size[0] // 2 // 2 // 2 // 2 // 2, size[1] // 2 // 2 // 2 // 2 // 2)
+  # The stride-2 stem conv (padding 1) gives ceil(H/2); each 2x2 pool floors: 71x101 -> 36x51,
+  # then 18x25, 9x12, 4x6, 2x3 (a grid the embedding is resized to).
+  stem = ((size[0] + 1) // 2, (size[1] + 1) // 2)
+  h, w = stem[0] // 16, stem[1] // 16
   masks = random_masks(rng, 2, 5, h, w)
   ref, got = reference(cfg, sd, pixels, masks), ours(cfg, sd, pixels, masks)
-  if size == (70, 100):
-    assert got["stem"].shape == (2, 35, 50, cfg.width)
-    assert got["res5"].shape == (2, 2, 3, 32 * cfg.width)
+  assert got["stem"].shape == (2, *stem, cfg.width)
+  assert got["res5"].shape == (2, h, w, 32 * cfg.width)
   assert [got[f"res{i + 2}"].shape[-1] for i in range(4)] == list(cfg.channels[1:])
   assert got["embedding"].shape == (2, cfg.embed_dim)
   assert got["dense"].shape == (2, h, w, cfg.embed_dim)
