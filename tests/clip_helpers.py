@@ -1,5 +1,6 @@
 """Shared test fixtures: randomly initialised HF CLIP models (the independent reference)."""
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -50,3 +51,58 @@ def random_inputs(batch=2, size=64, seq=12, seed=0, vocab=49408):
 
 def nhwc(x):
   return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def to_openclip_names(hf_sd):
+  """HF names -> OpenCLIP names, written independently of the library's renaming table."""
+  out = {}
+  tower_map = {"vision_model.encoder.layers.": "visual.transformer.resblocks.",
+               "text_model.encoder.layers.": "transformer.resblocks."}
+  for k, v in hf_sd.items():
+    v = v.numpy()
+    if k.endswith("position_ids"):
+      continue
+    for hf_prefix, oc_prefix in tower_map.items():
+      if k.startswith(hf_prefix):
+        i, rest = k[len(hf_prefix):].split(".", 1)
+        m = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
+        if m:
+          key = f"{oc_prefix}{i}.attn.in_proj_{m[2]}"
+          out.setdefault(key, {})[m[1]] = v
+          break
+        rest = (rest.replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2")
+                .replace("self_attn.out_proj", "attn.out_proj").replace("mlp.fc1", "mlp.c_fc")
+                .replace("mlp.fc2", "mlp.c_proj"))
+        out[f"{oc_prefix}{i}.{rest}"] = v
+        break
+    else:
+      simple = {"vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+                "vision_model.embeddings.class_embedding": "visual.class_embedding",
+                "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+                "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+                "text_model.embeddings.position_embedding.weight": "positional_embedding",
+                "logit_scale": "logit_scale"}
+      if k in simple:
+        out[simple[k]] = v
+      elif k in ("visual_projection.weight", "text_projection.weight"):
+        out["visual.proj" if k.startswith("visual") else "text_projection"] = v.T.copy()
+      else:
+        k = (k.replace("vision_model.pre_layrnorm", "visual.ln_pre")
+             .replace("vision_model.post_layernorm", "visual.ln_post")
+             .replace("text_model.final_layer_norm", "ln_final"))
+        out[k] = v
+  return {k: (np.concatenate([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v)
+          for k, v in out.items()}
+
+
+def openclip_config_of(hf_config) -> dict:
+  """The `open_clip_config.json` content of an HF CLIP config (OpenCLIP's field names)."""
+  v, t = hf_config.vision_config, hf_config.text_config
+  return {"model_cfg": {
+      "embed_dim": hf_config.projection_dim, "quick_gelu": v.hidden_act == "quick_gelu",
+      "vision_cfg": {"image_size": v.image_size, "layers": v.num_hidden_layers, "width": v.hidden_size,
+                     "head_width": v.hidden_size // v.num_attention_heads, "patch_size": v.patch_size,
+                     "mlp_ratio": v.intermediate_size / v.hidden_size},
+      "text_cfg": {"context_length": t.max_position_embeddings, "vocab_size": t.vocab_size,
+                   "width": t.hidden_size, "heads": t.num_attention_heads, "layers": t.num_hidden_layers,
+                   "mlp_ratio": t.intermediate_size / t.hidden_size}}}

@@ -11,7 +11,8 @@ import torch
 import transformers
 from safetensors.numpy import save_file
 
-from clip_helpers import nhwc, random_hf_clip, random_inputs, small_hf_config
+from clip_helpers import (nhwc, openclip_config_of, random_hf_clip, random_inputs, small_hf_config,
+                          to_openclip_names)
 from ovs_jax.interchange.clip_weights import load_clip, save_hf_clip, save_orbax_clip
 from ovs_jax.interchange.errors import CheckpointError
 
@@ -58,57 +59,17 @@ def test_pytorch_model_bin_and_scan_layout(hf_dir, tmp_path):
   np.testing.assert_array_equal(_hf_logits(back, pixels, ids), _hf_logits(hf, pixels, ids))
 
 
-def _to_openclip(hf_sd):
-  """HF names -> OpenCLIP names, written independently of the library's renaming table."""
-  out = {}
-  tower_map = {"vision_model.encoder.layers.": "visual.transformer.resblocks.",
-               "text_model.encoder.layers.": "transformer.resblocks."}
-  for k, v in hf_sd.items():
-    v = v.numpy()
-    if k.endswith("position_ids"):
-      continue
-    for hf_prefix, oc_prefix in tower_map.items():
-      if k.startswith(hf_prefix):
-        i, rest = k[len(hf_prefix):].split(".", 1)
-        m = re.match(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
-        if m:
-          key = f"{oc_prefix}{i}.attn.in_proj_{m[2]}"
-          out.setdefault(key, {})[m[1]] = v
-          break
-        rest = (rest.replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2")
-                .replace("self_attn.out_proj", "attn.out_proj").replace("mlp.fc1", "mlp.c_fc")
-                .replace("mlp.fc2", "mlp.c_proj"))
-        out[f"{oc_prefix}{i}.{rest}"] = v
-        break
-    else:
-      simple = {"vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
-                "vision_model.embeddings.class_embedding": "visual.class_embedding",
-                "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
-                "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
-                "text_model.embeddings.position_embedding.weight": "positional_embedding",
-                "logit_scale": "logit_scale"}
-      if k in simple:
-        out[simple[k]] = v
-      elif k in ("visual_projection.weight", "text_projection.weight"):
-        out["visual.proj" if k.startswith("visual") else "text_projection"] = v.T.copy()
-      else:
-        k = (k.replace("vision_model.pre_layrnorm", "visual.ln_pre")
-             .replace("vision_model.post_layernorm", "visual.ln_post")
-             .replace("text_model.final_layer_norm", "ln_final"))
-        out[k] = v
-  return {k: (np.concatenate([v["q"], v["k"], v["v"]]) if isinstance(v, dict) else v)
-          for k, v in out.items()}
-
-
 def test_openclip_layout_gives_the_same_model(tmp_path):
-  hf = random_hf_clip(small_hf_config(width=128, heads=2))  # OpenCLIP's head width is 64
-  sd = _to_openclip(hf.state_dict())
+  hf = random_hf_clip(small_hf_config(width=128, heads=2))
+  sd = to_openclip_names(hf.state_dict())
   save_file(sd, str(tmp_path / "open_clip.safetensors"))
   torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, tmp_path / "open_clip.pt")
+  # Heads are not in a state dict: the OpenCLIP config next to the weights gives them.
+  (tmp_path / "open_clip_config.json").write_text(json.dumps(openclip_config_of(hf.config)))
   pixels, ids = random_inputs()
   want = _hf_logits(hf, pixels, ids)
   for f in ("open_clip.safetensors", "open_clip.pt"):
-    ours = load_clip(tmp_path / f, hidden_act="quick_gelu")
+    ours = load_clip(tmp_path / f)
     assert ours.config.vision.num_hidden_layers == 2 and ours.config.vision.patch_size == 16
     np.testing.assert_allclose(_logits(ours, pixels, ids), want, atol=1e-5)
 
