@@ -42,9 +42,10 @@ class DatasetMeta:
 
 def decode_semantic(raw: dict, meta: DatasetMeta) -> dict:
   """raw {image_bytes, label_bytes, file_name, label_file} -> validated record."""
-  image = files.read_image(raw["file_name"], raw["image_bytes"])
+  image, orientation = files.decode_image(raw["file_name"], raw["image_bytes"])
   label = files.read_label(raw["label_file"], raw["label_bytes"])
-  files.check_label(label, image.shape[:2], meta.num_classes, meta.ignore_label, raw["label_file"])
+  files.check_label(label, image.shape[:2], meta.num_classes, meta.ignore_label, raw["label_file"],
+                    orientation)
   return {"image": image, "label": label.astype(meta.label_dtype, copy=False),
           "file_name": raw["file_name"]}
 
@@ -55,13 +56,11 @@ def decode_panoptic(raw: dict, meta: DatasetMeta) -> dict:
   COCO panoptic PNGs encode a segment id as R + 256 G + 256² B; ids are remapped to 1..S in
   segments-info order and the semantic label is painted from each segment's class.
   """
-  image = files.read_image(raw["file_name"], raw["image_bytes"])
+  image, orientation = files.decode_image(raw["file_name"], raw["image_bytes"])
   path = raw["label_file"]
-  rgb = files.read_image(path, raw["pan_bytes"]).astype(np.int32)
+  rgb = files.read_panoptic_png(path, raw["pan_bytes"]).astype(np.int32)
   ids = rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-  if ids.shape != image.shape[:2]:
-    raise DataError(f"{path}: panoptic map is {ids.shape[0]}x{ids.shape[1]} (HxW) but its image is "
-                    f"{image.shape[0]}x{image.shape[1]}")
+  files.check_size("panoptic map", ids.shape, image.shape[:2], path, orientation)
   seg_ids = np.asarray(raw["segment_ids"], np.int64)
   classes = np.asarray(raw["segment_classes"], np.int32)
   if classes.size and (classes.min() < 0 or classes.max() >= meta.num_classes):

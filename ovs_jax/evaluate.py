@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from absl import app, flags, logging
 
 from ovs_jax import metrics
+from ovs_jax.cli import guard
 from ovs_jax.evaluation import evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.templates import get_templates
@@ -79,9 +80,13 @@ def main(argv):
                      max_images=FLAGS.max_images or None, workers=FLAGS.workers,
                      skip_bad=FLAGS.skip_bad, miou_convention=FLAGS.miou_convention)
   print(results_table(results, datasets))
+  for name, row in results.items():
+    for d, r in row.items():
+      print(f"{name} on {d}: {r['num_images']} images scored, {r['num_skipped']} skipped"
+            + (" (unreadable; see the warnings above)" if r["num_skipped"] else ""))
   print(f"results: {Path(FLAGS.workdir) / 'results.json'}", file=sys.stderr)
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(guard(main))

@@ -20,6 +20,7 @@ import numpy as np
 from absl import logging
 
 from input_pipeline.datasets import get_dataset
+from input_pipeline.files import DataError
 from input_pipeline.vocab import load_vocabulary
 from ovs_jax import metrics
 from ovs_jax.inference.batching import InferenceConfig
@@ -37,12 +38,14 @@ def _finite(x):
 
 
 def summarize(counts: np.ndarray, class_names: list[str], num_images: int,
-              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
-  """Counts -> JSON-ready metrics: summary numbers and per-class IoU/ACC (None: no ground truth)."""
+              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION, num_skipped: int = 0) -> dict:
+  """Counts -> JSON-ready metrics: summary numbers, images scored (`num_images`) and skipped as
+  unreadable (`num_skipped`), per-class IoU/ACC (None: no ground truth)."""
   m = metrics.segmentation_metrics(counts, miou_convention)
   out = {k: _finite(float(m[k])) for k in SUMMARY}
   out["miou_convention"] = miou_convention
   out["num_images"] = num_images
+  out["num_skipped"] = num_skipped
   out["per_class"] = {n: {"IoU": _finite(float(i)), "ACC": _finite(float(a)), "pixels": int(p)}
                       for n, i, a, p in zip(class_names, m["IoU"], m["ACC"], counts.sum(1))}
   return out
@@ -101,13 +104,17 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
       vocab = read_vocabulary(vocabulary) if vocabulary else load_vocabulary(src.meta.vocabulary)
       model = factory(vocab)
       t = time.perf_counter()
-      counts, n = evaluate_source(model, src, cfg, batch_size=batch_size, max_images=max_images,
-                                  workers=workers, desc=f"{model_name} on {d}")
+      counts, n, skipped = evaluate_source(model, src, cfg, batch_size=batch_size,
+                                           max_images=max_images, workers=workers,
+                                           desc=f"{model_name} on {d}")
+      if n == 0:
+        raise DataError(f"{d}/{split}: no image could be read ({skipped} skipped as bad records; "
+                        "see the warnings above)")
       row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n,
-                         miou_convention)
+                         miou_convention, skipped)
       row[d]["seconds"] = round(time.perf_counter() - t, 2)
-      logging.info("%s on %s: mIoU (%s) %.2f (%d images, %.1f s)", model_name, d, miou_convention,
-                   row[d]["mIoU"] or float("nan"), n, row[d]["seconds"])
+      logging.info("%s on %s: mIoU (%s) %.2f (%d images scored, %d skipped, %.1f s)", model_name, d,
+                   miou_convention, row[d]["mIoU"] or float("nan"), n, skipped, row[d]["seconds"])
       (workdir / "per_class" / f"{_slug(model_name)}__{d}.md").write_text(per_class_table(row[d]) + "\n")
   payload = {"inference": dataclasses.asdict(cfg), "split": split, "miou_convention": miou_convention,
              "results": results}

@@ -11,10 +11,13 @@ or `demo:<arch>` (pre-trained on the demo dataset, the `--demo` default)
 and uses training-free MaskCLIP; --checkpoint takes a trained model of any registered method.
 --mode=slide scores --window crops every --stride pixels and averages the overlaps. Per image it
 writes `<name>_overlay.png` (colour overlay + legend), `<name>_label.png` (raw class ids) and,
-with --gt, `<name>_compare.png`.
+with --gt, `<name>_compare.png`; `<name>` is the file stem, or the file name / its path where
+stems collide (`segmenter.output_names`). `<out>/summary.json` lists inputs, outputs and the
+images `--skip_bad` skipped.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -25,10 +28,10 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from ovs_jax import preprocess
+from ovs_jax.cli import guard
 from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
 from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, demo_inputs, list_images,
-                                         write_prediction)
+                                         output_names, write_prediction)
 from ovs_jax.methods.maskclip import clip_from_spec
 from ovs_jax.templates import get_templates
 
@@ -54,23 +57,28 @@ def define_flags():
   flags.DEFINE_bool("demo", False, "segment the embedded demo images with its vocabulary (offline)")
   flags.DEFINE_integer("num_demo", 4, "how many demo images with --demo")
   flags.DEFINE_string("out", "predictions", "output folder")
+  flags.DEFINE_bool("skip_bad", False, "skip images (or --gt label maps) that cannot be read, list them "
+                    "at the end and in <out>/summary.json, instead of stopping")
 
 
 def main(argv):
   del argv
+  from input_pipeline import files
   from input_pipeline.vocab import parse_vocabulary
   gts = {}
   if FLAGS.demo:
     records, vocabulary = demo_inputs(FLAGS.num_demo)
-    items = [(Path(r["file_name"]).stem, r["image"]) for r in records]
-    gts = {stem: r["label"] for (stem, _), r in zip(items, records)}
+    inputs = [r["image"] for r in records]
+    names = [Path(r["file_name"]).stem for r in records]
+    gts = {name: r["label"] for name, r in zip(names, records)}
     spec = FLAGS.clip or "demo:tiny"
   else:
     if not (FLAGS.clip or FLAGS.checkpoint) or not FLAGS.images or not (FLAGS.classes or FLAGS.vocab):
       raise app.UsageError("give --clip (or --checkpoint), --images and --classes (or --vocab), "
                            "or use --demo")
     vocabulary = parse_vocabulary(FLAGS.classes) if FLAGS.classes else read_vocabulary(FLAGS.vocab)
-    items = [(p.stem, p) for p in list_images(FLAGS.images)]
+    inputs = list_images(FLAGS.images)
+    names = output_names(inputs)
     spec = FLAGS.clip
   templates = get_templates(FLAGS.templates)
   if FLAGS.checkpoint:
@@ -84,19 +92,37 @@ def main(argv):
   segment = Segmenter(model, vocabulary, templates, FLAGS.short_side, mode=FLAGS.mode,
                       window=FLAGS.window, stride=FLAGS.stride, max_size=FLAGS.max_size)
   out = Path(FLAGS.out)
-  for stem, image in tqdm(items, desc="segmenting", unit="img"):
-    image = preprocess.load_rgb(image) if isinstance(image, Path) else image
-    gt = gts.get(stem)
-    if FLAGS.gt and gt is None:
-      from input_pipeline.files import read_label
-      gt = read_label(str(Path(FLAGS.gt) / f"{stem}.png"))
+  done, skipped = [], []
+  for name, item in tqdm(list(zip(names, inputs)), desc="segmenting", unit="img"):
+    where = str(item) if isinstance(item, Path) else name
+    try:
+      image, orientation = files.decode_image(str(item)) if isinstance(item, Path) else (item, 1)
+      gt = gts.get(name)
+      if FLAGS.gt and gt is None:
+        gt_path = str(Path(FLAGS.gt) / f"{Path(item).stem}.png")
+        gt = files.read_label(gt_path)
+        files.check_size("ground-truth label map", gt.shape, image.shape[:2], gt_path, orientation)
+    except files.DataError as e:
+      if not FLAGS.skip_bad:
+        raise files.DataError(f"{e} (--skip_bad skips such images and continues)") from None
+      skipped.append({"input": where, "reason": str(e)})
+      tqdm.write(f"skipped {where}: {e}")
+      continue
     label = segment(image)
-    paths = write_prediction(out, stem, image, label, segment.names, gt)
+    paths = write_prediction(out, name, image, label, segment.names, gt)
     present = ", ".join(segment.names[c] for c in np.unique(label))
-    tqdm.write(f"{stem}: {present}  -> {paths[0]}")
-  print(f"wrote {len(items)} predictions to {out}/", file=sys.stderr)
+    tqdm.write(f"{name}: {present}  -> {paths[0]}")
+    done.append({"input": where, "outputs": [str(p) for p in paths]})
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "summary.json").write_text(json.dumps({"predicted": done, "skipped": skipped}, indent=1))
+  print(f"wrote {len(done)} predictions to {out}/ (list: {out / 'summary.json'})", file=sys.stderr)
+  if skipped:
+    print(f"skipped {len(skipped)} of {len(inputs)} images:\n" + "\n".join(
+        f"  {s['input']}: {s['reason']}" for s in skipped), file=sys.stderr)
+  if not done:
+    raise files.DataError(f"none of the {len(inputs)} images could be segmented")
 
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  app.run(guard(main))

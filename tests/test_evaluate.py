@@ -80,6 +80,23 @@ def test_constant_predictor_on_mixed_sizes(tmp_path, num_classes, ignore, mode):
   assert m["per_class"]["c7"]["IoU"] is None and m["per_class"]["c3"]["pixels"] == n_k
 
 
+def test_images_scored_and_skipped_are_reported(tmp_path):
+  root = tmp_path / "data"
+  write_fake_split("voc_20", str(root), "val", num=3, hw=(24, 32))
+  images = sorted((root / "VOCdevkit/VOC2012/JPEGImages").glob("*.jpg"))
+  images[1].write_bytes(b"garbage")
+  const = oracle(lambda x, v: jnp.broadcast_to(jnp.eye(20)[0], x.shape[:3] + (20,)), 20)
+  cfg = InferenceConfig(short_side=32, bucket=32, label_bucket=32)
+  m = ev.evaluate({"c": const}, ["voc_20"], cfg, tmp_path / "w", root=str(root), skip_bad=True)["c"]["voc_20"]
+  assert (m["num_images"], m["num_skipped"]) == (2, 1)
+  saved = json.loads((tmp_path / "w" / "results.json").read_text())["results"]["c"]["voc_20"]
+  assert (saved["num_images"], saved["num_skipped"]) == (2, 1)
+  for image in images:
+    image.write_bytes(b"garbage")
+  with pytest.raises(DataError, match=r"voc_20/val: no image could be read \(3 skipped"):
+    ev.evaluate({"c": const}, ["voc_20"], cfg, tmp_path / "w", root=str(root), skip_bad=True)
+
+
 def test_summaries_and_tables_name_the_miou_convention():
   # class c2 predicted once but absent from the ground truth: IoU c0 = 2/3, c1 = 1
   counts = np.array([[2, 0, 1], [0, 1, 0], [0, 0, 0]])

@@ -36,13 +36,40 @@ def test_synonyms_and_file_ids():
   assert vocab.load_vocabulary("voc_21")[1:] == vocab.load_vocabulary("voc_20")
 
 
-def test_parse_vocabulary():
-  assert vocab.parse_vocabulary("sofa, couch; lamp; cat") == [["sofa", "couch"], ["lamp"], ["cat"]]
-  assert vocab.parse_vocabulary("0:sky,clouds\n1: grass\n\n") == [["sky", "clouds"], ["grass"]]
+@pytest.mark.parametrize("text,want", [
+    ("sofa, couch; lamp; cat", [["sofa", "couch"], ["lamp"], ["cat"]]),
+    ("0:sky,clouds\n1: grass\n\n", [["sky", "clouds"], ["grass"]]),
+    ("sofa;\nlamp;\n", [["sofa"], ["lamp"]]),                       # ';' ending a line is layout
+    ("  Teddy  Bear , teddy-bear.  ", [["Teddy  Bear", "teddy-bear."]]),  # nothing rewritten
+    ("1:1 scale model; car", None),                                   # mixed id prefixes
+    ("0:1:1 scale model\n1:car", [["1:1 scale model"], ["car"]]),     # ids are syntax
+    ("7: up; 8: down", None),                                         # ids must be 0, 1, ...
+    ("a;;b", None), ("sofa,,couch", None), ("cat, ", None),           # empty class / names
+    ("cat; dog; Cat", None), ("big  dog; cat\nBig Dog", None),       # one name, two classes
+])
+def test_one_grammar_for_class_lists(text, want):
+  if want is None:
+    with pytest.raises(vocab.VocabularyError):
+      vocab.parse_vocabulary(text)
+  else:
+    assert vocab.parse_vocabulary(text) == want
+
+
+def test_class_list_errors_name_the_problem(caplog):
   assert vocab.get_vocabulary("demo") == vocab.load_vocabulary("demo")
   assert vocab.get_vocabulary("a;b") == [["a"], ["b"]]
-  with pytest.raises(ValueError, match="no class names"):
-    vocab.parse_vocabulary(" ; ,\n")
+  for text, match in [
+      (" ; ,\n", "has no class names"),
+      ("a;;b", r"class 1 is empty"),
+      ("sofa,,couch; lamp", r"class 0 \('sofa,,couch'\) has an empty name"),
+      ("cat; dog; Cat", r"'Cat' names both class 0 \('cat'\) and class 2 \('Cat'\)"),
+      ("1:1 scale model; car", r"class 0 \('1:1 scale model'\) has an 'id:' prefix but class 1 \('car'\)"),
+      ("7: up; 8: down", r"class ids \[7, 8\] are not 0, 1, 2"),
+  ]:
+    with pytest.raises(vocab.VocabularyError, match=match):
+      vocab.parse_vocabulary(text, where="my.txt")
+  assert vocab.parse_vocabulary("cat, kitty, cat; dog", where="my.txt") == [["cat", "kitty", "cat"], ["dog"]]
+  assert "my.txt: class 0 ('cat') lists ['cat'] more than once" in caplog.text
 
 
 def test_unknown_vocabulary():

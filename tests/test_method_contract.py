@@ -56,9 +56,9 @@ def test_restore_evaluate_and_export_through_the_contract(probe_run, tmp_path):
   vocab = load_vocabulary("demo")
   model = build_from_checkpoint(workdir, vocab)
   val = config.evals.val
-  counts, n = evaluate_source(model, demo_dataset("val"), InferenceConfig(short_side=val.short_side,
-                                                                          max_size=val.max_size),
-                              batch_size=8, max_images=8)
+  counts, n, _ = evaluate_source(model, demo_dataset("val"), InferenceConfig(short_side=val.short_side,
+                                                                             max_size=val.max_size),
+                                 batch_size=8, max_images=8)
   got = summarize(counts, model.class_names, n, val.miou_convention)
   np.testing.assert_allclose(got["mIoU"], result["evals"]["val"]["mIoU"], rtol=1e-6)
   # Export (whole model as a PyTorch state dict) and back into a new workdir.

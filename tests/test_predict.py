@@ -58,7 +58,8 @@ def test_bad_inputs_are_named(tmp_path):
   (tmp_path / "bad.jpg").write_bytes(b"not an image")
   r = _run("--clip=random:tiny", f"--images={tmp_path / 'bad.jpg'}", "--classes=cat",
            f"--out={tmp_path / 'o'}")
-  assert r.returncode != 0 and "bad.jpg: cannot read image" in r.stderr
+  assert r.returncode == 1 and "bad.jpg: cannot decode image" in r.stderr and "--skip_bad" in r.stderr
+  assert "Traceback" not in r.stderr
 
 
 def test_sliding_window_mode_and_checkpoints(clip_dir, tmp_path):

@@ -5,9 +5,16 @@ names whose first element is the main name. See README.md here for each file's i
 """
 import functools
 import importlib.resources
+import logging
 import re
 
 INVALID = "invalid_class_id"
+
+log = logging.getLogger(__name__)
+
+
+class VocabularyError(ValueError):
+  """A class list that breaks `parse_vocabulary`'s grammar; the message says where and how."""
 
 # name -> (file, slice applied after dropping `invalid_class_id` lines)
 _FILES = {
@@ -73,20 +80,63 @@ def class_names(name: str) -> list[str]:
   return [names[0] for names in load_vocabulary(name)]
 
 
-def parse_vocabulary(text: str) -> list[list[str]]:
-  """Parses a user vocabulary: classes separated by ';' or newlines, synonyms by ','.
+_ID_PREFIX = re.compile(r"\s*(\d+)\s*:(.*)", re.S)
 
-  "sofa, couch; lamp; cat" -> [["sofa", "couch"], ["lamp"], ["cat"]]. An optional 'id:' prefix
-  per class (the shipped file format) is accepted and dropped.
+
+def parse_vocabulary(text: str, where: str = "vocabulary") -> list[list[str]]:
+  """Parses a user vocabulary (`--classes`, `--vocab` files and inline text); one grammar:
+
+  * classes are separated by ';' or newlines; blank lines and a ';' ending a line are layout;
+  * a class is names separated by ','; the first is its main name; label id = position;
+  * each name loses its surrounding whitespace and nothing else (case, inner spaces and
+    punctuation are kept);
+  * an optional 'id:' prefix (the shipped file format) must be on every class or on none, with
+    ids 0, 1, 2, ... in order: it is syntax, not part of the name ('0:1:1 scale model' names
+    '1:1 scale model');
+  * errors: an empty class ('a;;b'), an empty name ('sofa,,couch'), a name in two classes; a
+    warning: a name repeated within one class.
+
+  "sofa, couch; lamp; cat" -> [["sofa", "couch"], ["lamp"], ["cat"]]. `where` names the source
+  (e.g. the file) in messages.
   """
-  vocab = []
-  for item in re.split(r"[;\n]", text):
-    item = re.sub(r"^\s*\d+\s*:", "", item)
-    names = [s.strip() for s in item.split(",") if s.strip()]
-    if names:
-      vocab.append(names)
-  if not vocab:
-    raise ValueError(f"vocabulary {text!r} has no class names")
+  items = []
+  for line in text.splitlines():
+    if line.strip():
+      parts = line.split(";")
+      items += parts[:-1] if len(parts) > 1 and not parts[-1].strip() else parts
+  if not any(name.strip() for item in items for name in item.split(",")):
+    raise VocabularyError(f"{where} {text!r} has no class names")
+  prefixed = [_ID_PREFIX.fullmatch(item) for item in items]
+  if any(prefixed):
+    if not all(prefixed):
+      i, j = prefixed.index(None), next(k for k, m in enumerate(prefixed) if m)
+      raise VocabularyError(f"{where}: class {j} ({items[j].strip()!r}) has an 'id:' prefix but class {i} "
+                       f"({items[i].strip()!r}) has none; prefix every class with its label id "
+                       "(0:, 1:, ...) or none")
+    ids = [int(m.group(1)) for m in prefixed]
+    if ids != list(range(len(ids))):
+      raise VocabularyError(f"{where}: class ids {ids[:8]}{'...' if len(ids) > 8 else ''} are not 0, 1, "
+                       "2, ... in order; a class's label id is its position (for a shipped "
+                       f"vocabulary give its name: {', '.join(vocabulary_names())})")
+    items = [m.group(2) for m in prefixed]
+  vocab, owner = [], {}
+  for c, item in enumerate(items):
+    names = [n.strip() for n in item.split(",")]
+    if not any(names):
+      raise VocabularyError(f"{where}: class {c} is empty ({item!r} between ';'); remove the extra "
+                       "separator or name the class")
+    if not all(names):
+      raise VocabularyError(f"{where}: class {c} ({item.strip()!r}) has an empty name; remove the extra ','")
+    keys = [" ".join(n.casefold().split()) for n in names]  # what CLIP's tokenizer tells apart
+    for n, key in zip(names, keys):
+      if key in owner and owner[key] != c:
+        raise VocabularyError(f"{where}: {n!r} names both class {owner[key]} ({vocab[owner[key]][0]!r}) and "
+                         f"class {c} ({names[0]!r}); a name may belong to one class only")
+      owner[key] = c
+    repeated = sorted({n for n, key in zip(names, keys) if keys.count(key) > 1})
+    if repeated:
+      log.warning("%s: class %d (%r) lists %s more than once", where, c, names[0], repeated)
+    vocab.append(names)
   return vocab
 
 

@@ -24,7 +24,8 @@ class MIoU(DatasetEvaluator):
     model = segmenter_for(self.vocabulary)
     mesh = data_mesh()
     cfg = InferenceConfig(short_side=o["short_side"], max_size=o["max_size"])
-    counts, n = evaluate_source(model, self.source, cfg, batch_size=o["batch_size"] or mesh.size,
-                                mesh=mesh, max_images=self.max_images or None,
-                                desc=f"{self.name}: {self.dataset}")
-    return summarize(counts, model.class_names, n, o["miou_convention"])
+    counts, n, skipped = evaluate_source(model, self.source, cfg,
+                                         batch_size=o["batch_size"] or mesh.size, mesh=mesh,
+                                         max_images=self.max_images or None,
+                                         desc=f"{self.name}: {self.dataset}")
+    return summarize(counts, model.class_names, n, o["miou_convention"], skipped)

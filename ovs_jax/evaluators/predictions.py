@@ -11,14 +11,12 @@ class Predictions(DatasetEvaluator):
   extra = {"num": 4, "short_side": 800, "max_size": 1333}
 
   def run(self, segmenter_for, step, out_dir) -> dict:
-    from ovs_jax.inference.segmenter import Segmenter, write_prediction
+    from ovs_jax.inference.segmenter import Segmenter, output_names, write_prediction
     o = self.options
     segment = Segmenter(segmenter_for(self.vocabulary), short_side=o["short_side"],
                         max_size=o["max_size"])
     out = Path(out_dir) / "predictions" / f"step_{step}"
-    count = min(o["num"], len(self.source))
-    for i in range(count):
-      rec = self.source[i]
-      write_prediction(out, Path(rec["file_name"]).stem, rec["image"], segment(rec["image"]),
-                       segment.names, rec["label"])
-    return {"pictures": str(out), "count": count}
+    records = [r for r in (self.source[i] for i in range(min(o["num"], len(self.source)))) if r]
+    for name, rec in zip(output_names([Path(r["file_name"]) for r in records]), records):
+      write_prediction(out, name, rec["image"], segment(rec["image"]), segment.names, rec["label"])
+    return {"pictures": str(out), "count": len(records)}

@@ -92,8 +92,9 @@ def check_vocabulary(model: SegmentationModel, source) -> None:
 
 def evaluate_source(model: SegmentationModel, source, cfg: InferenceConfig, *, batch_size: int,
                     mesh=None, max_images: int | None = None, workers: int = 0,
-                    desc: str = "eval") -> tuple[np.ndarray, int]:
-  """One pass over `source` -> (int64 confusion matrix counts[label, pred], images scored)."""
+                    desc: str = "eval") -> tuple[np.ndarray, int, int]:
+  """One pass over `source` -> (int64 confusion matrix counts[label, pred], images scored, images
+  skipped). Skipped: records a `skip_bad` source could not read (logged where they were read)."""
   check_vocabulary(model, source)
   cfg = cfg.for_model(model.input_multiple)
   mesh = data_mesh() if mesh is None else mesh
@@ -108,11 +109,16 @@ def evaluate_source(model: SegmentationModel, source, cfg: InferenceConfig, *, b
   params = jax.device_put(model.params, replicated)
   counts = jax.device_put(metrics.zero_counts(model.num_classes), replicated)
   total = -(-len(source) // batch_size)
+  scored = 0  # valid records of this host (padding and skipped records are not)
   for host_batch in tqdm(loader, total=total, desc=desc, unit="batch", leave=False):
     batch = batching.pad_batch(host_batch, cfg, source.ignore_label)
+    scored += int(batch["valid"].sum())
     if batch["label"][0].size * batch_size >= 2**31:
       raise ValueError(f"a batch of {batch_size} labels of {batch['label'].shape[1:]} overflows the "
                        "int32 per-step counts; lower --batch_size")
     device_batch, _ = make_global_batch(batch, sharded)
     counts = step(params, counts, device_batch)  # asynchronous: the host prepares the next batch
-  return metrics.counts_to_numpy(counts), len(source)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    scored = int(np.sum(multihost_utils.process_allgather(np.int64(scored))))
+  return metrics.counts_to_numpy(counts), scored, len(source) - scored

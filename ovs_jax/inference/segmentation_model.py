@@ -78,10 +78,12 @@ def checkpoint_method(directory: Path, config: dict) -> str:
 
 
 def read_vocabulary(spec: str) -> list[list[str]]:
-  """A shipped vocabulary name, a text file (one class per line, synonyms by ','), or inline
-  classes ('sofa, couch; lamp')."""
-  from input_pipeline.vocab import get_vocabulary  # pylint: disable=g-import-not-at-top
-  return get_vocabulary(Path(spec).read_text()) if Path(spec).is_file() else get_vocabulary(spec)
+  """A shipped vocabulary name, else a text file, else inline classes ('sofa, couch; lamp'); files
+  and inline text follow `input_pipeline.vocab.parse_vocabulary`'s grammar."""
+  from input_pipeline.vocab import get_vocabulary, parse_vocabulary, vocabulary_names
+  if spec in vocabulary_names() or not Path(spec).is_file():
+    return get_vocabulary(spec)
+  return parse_vocabulary(Path(spec).read_text(encoding="utf-8"), where=spec)
 
 
 def build_from_checkpoint(path: str | Path, vocabulary: list[list[str]], **options) -> SegmentationModel:

@@ -3,11 +3,13 @@ vocabulary, and the prediction pictures (used by `predict`, the trainer's evalua
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from ovs_jax import visualize
+from ovs_jax.cli import ConfigError
 from ovs_jax.inference import batching
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.engine import make_label_fn
@@ -19,22 +21,46 @@ DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "o
 
 
 def list_images(spec: str) -> list[Path]:
-  """Comma-separated files and/or folders -> image files, sorted; clear errors when none."""
+  """Comma-separated files and/or folders -> image files, sorted (a file named twice counts once);
+  clear errors when none."""
   files = []
   for part in filter(None, (p.strip() for p in spec.split(","))):
     p = Path(part)
     if p.is_dir():
       found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
       if not found:
-        raise ValueError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        raise ConfigError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
       files += found
     elif p.exists():
       files.append(p)
     else:
       raise FileNotFoundError(f"{p}: no such image file or folder")
   if not files:
-    raise ValueError("no images given")
-  return files
+    raise ConfigError("no images given")
+  seen = set()
+  return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def output_names(paths: list[Path]) -> list[str]:
+  """One distinct output name per input file: its stem; where stems collide (a.jpg, a.png) the
+  file name; where those collide too (d1/a.jpg, d2/a.jpg) the path below the inputs' common
+  folder with '/' as '__'. Names are compared case-insensitively, as macOS and Windows file
+  systems do; inputs that still collide are refused, naming them."""
+  root = Path(os.path.commonpath([p.resolve().parent for p in paths])) if paths else Path()
+  ways = (lambda p: p.stem, lambda p: p.name,
+          lambda p: str(p.resolve().relative_to(root)).replace(os.sep, "__"))
+  names = [ways[0](p) for p in paths]
+  for way in ways[1:]:
+    counts = Counter(n.casefold() for n in names)
+    names = [way(p) if counts[n.casefold()] > 1 else n for p, n in zip(paths, names)]
+  groups = {}
+  for p, n in zip(paths, names):
+    groups.setdefault(n.casefold(), []).append(str(p))
+  clashes = [g for g in groups.values() if len(g) > 1]
+  if clashes:
+    raise ConfigError(f"inputs would write the same output files: {clashes}; rename them or "
+                     "predict them into separate --out folders")
+  return names
 
 
 class Segmenter:
