@@ -4,14 +4,13 @@ A shard record is a source's `raw(i)` dict packed as
   uint32 little-endian header length | JSON header | concatenated byte fields
 so images and labels stay in their original encodings (bit-exact, no re-compression).
 """
-import hashlib
 import json
 import os
 import struct
 
 import grain
 
-from input_pipeline.files import DataError
+from input_pipeline.files import DataError, sha256  # sha256: also used by prepare.py
 from input_pipeline.source import DatasetMeta, Source
 
 MANIFEST = "manifest.json"
@@ -40,14 +39,6 @@ def unpack_record(data: bytes, where: str) -> dict:
     return raw
   except (struct.error, ValueError, KeyError, TypeError) as e:
     raise DataError(f"{where}: corrupt record ({type(e).__name__}: {e})") from None
-
-
-def sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      h.update(block)
-  return h.hexdigest()
 
 
 def read_manifest(directory: str) -> dict:

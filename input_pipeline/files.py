@@ -4,6 +4,7 @@ Every image the project reads (datasets, evaluate, predict) goes through `read_i
 as a person sees it in a viewer, i.e. the EXIF orientation applied (as detectron2's `read_image`)
 and every PIL mode mapped to (H, W, 3) uint8 by `MODES` (table in docs/data.md, Image decoding).
 """
+import hashlib
 import io
 import logging
 import os
@@ -208,6 +209,15 @@ def check_label(label: np.ndarray, image_hw: tuple[int, int], num_classes: int,
     values = np.unique(label[bad])
     raise DataError(f"{path}: label values {values[:10].tolist()} are outside the class range "
                     f"[0, {num_classes}) and not the ignore label {ignore_label}")
+
+
+def sha256(path: str) -> str:
+  """Hex sha256 of a file, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
 
 
 def read_bytes(path: str) -> bytes:

@@ -3,7 +3,8 @@
 For a vocabulary [[name, synonym, ...], ...] every synonym is written into every template, each
 sentence embedding is L2-normalised, averaged over templates and re-normalised. A class's logit is
 the max over its synonyms' logits. Embeddings are cached on disk keyed by (text-tower weights,
-vocabulary, templates).
+vocabulary, templates), written atomically; an unreadable or foreign cache file is discarded with a
+warning and recomputed.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from flax import nnx
 
 from ovs_jax.models.clip import l2_normalize
@@ -106,9 +108,8 @@ def build_text_classifier(model, vocabulary: list[list[str]], templates=VILD_TEM
     key = hashlib.sha256(json.dumps([text_tower_fingerprint(model), flat, index.tolist(),
                                      templates]).encode()).hexdigest()[:24]
     cache = Path(cache_dir) / f"text_classifier-{key}.npz"
-    if cache.exists():
-      with np.load(cache) as f:
-        return TextClassifier(f["embeddings"], f["synonym_index"])
+    if cache.exists() and (cached := _read_cache(cache, key, index)) is not None:
+      return cached
   sentences = [t.format(name) for name in flat for t in templates]
   emb = encode_sentences(model, sentences, batch_size).reshape(len(flat), len(templates), -1)
   emb = np.asarray(l2_normalize(jnp.asarray(emb.mean(1))))
@@ -116,6 +117,29 @@ def build_text_classifier(model, vocabulary: list[list[str]], templates=VILD_TEM
   if cache is not None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, embeddings=emb, synonym_index=index)
+    np.savez(tmp, embeddings=emb, synonym_index=index, key=np.array(key))
     os.replace(tmp, cache)  # atomic: readers see the old state or the whole file
   return clf
+
+
+def _read_cache(path: Path, key: str, index: np.ndarray) -> TextClassifier | None:
+  """The classifier cached at `path`; None, with a warning naming the file (which is removed so it
+  is rebuilt), when the file is unreadable or holds another entry (other key or vocabulary
+  layout, or non-finite embeddings)."""
+  try:
+    with np.load(path) as f:
+      stored = str(f["key"]) if "key" in f else None
+      emb, synonym_index = f["embeddings"], f["synonym_index"]
+    if stored != key:
+      problem = "holds another entry" if stored else "was written without its key (an older version)"
+    elif not np.array_equal(synonym_index, index) or emb.ndim != 2 or len(emb) != int(index.max()) + 1:
+      problem = "does not match its vocabulary"
+    elif not np.isfinite(emb).all():
+      problem = "holds non-finite embeddings"
+    else:
+      return TextClassifier(emb, synonym_index)
+  except Exception as e:  # numpy/zipfile raise many types for damaged files
+    problem = f"is unreadable ({type(e).__name__}: {e})"
+  logging.warning("text-classifier cache %s %s; discarding it and recomputing", path, problem)
+  path.unlink(missing_ok=True)
+  return None

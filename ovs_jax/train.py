@@ -3,21 +3,26 @@
   python -m ovs_jax.train --config=configs/cdt_vitb.py --workdir=runs/cdt_vitb [--config.train.steps=1000]
   python -m ovs_jax.train --config=configs/cdt_vitb.py:demo --workdir=runs/demo
 
-Re-running the same command resumes from the newest checkpoint in the workdir.
+Re-running the same command resumes from the newest checkpoint in the workdir; a changed config is
+refused unless its keys are listed in --allow_config_change. Exit codes: `ovs_jax/cli.py`
+(0 done, 1 failed, 2 bad config or flags, 75 preempted: re-run to resume).
 """
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ovs_jax import distributed
-from ovs_jax.trainer import train_and_evaluate
+from ovs_jax import cli, distributed
+from ovs_jax.trainer import outcome, train_and_evaluate
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "recipe file, e.g. configs/cdt_vitb.py[:demo]",
                                           lock_config=True)
 flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, metrics and predictions")
+flags.DEFINE_list("allow_config_change", [], "config keys (fnmatch patterns, e.g. train.steps,optim.lr "
+                  "or 'optim.*') that may differ from the workdir's saved config when resuming")
 flags.mark_flags_as_required(["config", "workdir"])
 # Multi-process runs (automatic on Cloud TPU; see ovs_jax/distributed.py for the env variables).
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-process GPU/CPU runs")
@@ -34,12 +39,11 @@ def main(argv):
   f = flags.FLAGS
   distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.local_device_ids,
                          f.num_cpu_devices)
-  result = train_and_evaluate(_CONFIG.value, flags.FLAGS.workdir)
-  ev = result.get("eval", {})
+  message, code = outcome(train_and_evaluate(_CONFIG.value, f.workdir, f.allow_config_change))
   if distributed.is_main_process():
-    print(f"done: step {result['step']}"
-          + (f", mIoU ({ev['miou_convention']}) {ev['mIoU']:.2f}" if ev else ""))
+    print(message, file=sys.stderr if code else sys.stdout)
+  sys.exit(code)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(cli.guard(main))

@@ -1,7 +1,9 @@
 """The generic trainer loop: config -> method (data, model, loss) -> sharded jitted steps ->
 checkpoints, evaluators and metrics. State and step are built by `ovs_jax.train_step`.
 
-Resumes automatically from the newest readable checkpoint in `workdir/checkpoints`, runs the
+Checks the config (`config_check`) and, for a workdir that holds a run, compares it with the saved
+one (`restore.check_resume`) before building or writing anything. Resumes automatically from the
+newest checkpoint in `workdir/checkpoints` that restores and passes its checksums, runs the
 config's evaluators (`config.evals`), writes TensorBoard events and console logs (progress bar, step time, images/s,
 ETA), saves a checkpoint on SIGTERM at the next step boundary, and stops with a diagnostic on a
 non-finite loss or gradient (the state is never updated with it, the last checkpoint stays good).
@@ -20,10 +22,11 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from ovs_jax import distributed, evaluators, optim, sharding
+from ovs_jax import cli, distributed, evaluators, optim, sharding
 from ovs_jax.checkpointing import Checkpointer
+from ovs_jax.config_check import validate
 from ovs_jax.methods.registry import get_method
-from ovs_jax.restore import write_run_config
+from ovs_jax.restore import check_resume, write_run_config
 from ovs_jax.templates import get_templates
 from ovs_jax.train_step import init_train_state, jit_train_step
 
@@ -46,34 +49,40 @@ class Run:
   """Everything a training run holds: built once from the config, then `train()`. The method
   (`config.method`, `ovs_jax/methods/registry.py`) supplies model, data, loss and inference."""
 
-  def __init__(self, config, workdir):
+  def __init__(self, config, workdir, allow_config_change=()):
+    # Nothing is built or written before the config is checked and, when `workdir` holds a run,
+    # compared with the one saved there (changes outside `allow_config_change` are refused).
+    validate(config, workdir)
+    self.config, self.workdir = config, epath.Path(workdir)
+    self.config_changes = check_resume(self.workdir, config, allow_config_change)
+    self.method = get_method(config.method)
+    if not self.method.trainable:
+      raise cli.ConfigError(f"config.method={config.method!r} is training-free; evaluate it with "
+                            "python -m ovs_jax.evaluate")
+    try:
+      self.evaluators = evaluators.from_config(config)  # checked now, not hours later
+      self.mesh = sharding.make_mesh(config.mesh.to_dict())
+    except ValueError as e:  # unknown evaluator types/keys, a mesh the devices do not fit
+      raise cli.ConfigError(str(e)) from None
+    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * config.train.grad_accum
+    if config.train.batch_size % shards:
+      raise cli.ConfigError(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
+                            f"data×fsdp devices × grad_accum = {shards} (mesh {dict(self.mesh.shape)})")
     # Checkpoints, config.json and train_result.json go to `workdir` (local or gs://); logs,
     # TensorBoard events, pictures and caches need a local filesystem and go to `local_dir`.
-    self.config, self.workdir = config, epath.Path(workdir)
     self.workdir.mkdir(parents=True, exist_ok=True)
     remote = "://" in str(workdir)
     self.local_dir = (Path(tempfile.gettempdir()) / "ovs_jax" / self.workdir.name) if remote else Path(workdir)
     self.local_dir.mkdir(parents=True, exist_ok=True)
     if remote:
       tqdm.write(f"workdir {workdir} is remote: logs, TensorBoard and pictures go to {self.local_dir}")
-    self.method = get_method(config.method)
-    if not self.method.trainable:
-      raise ValueError(f"config.method={config.method!r} is training-free; evaluate it with "
-                       "python -m ovs_jax.evaluate")
-    self.evaluators = evaluators.from_config(config)  # checked now, not hours later
-    self.mesh = sharding.make_mesh(config.mesh.to_dict())
-    shards = self.mesh.shape["data"] * self.mesh.shape["fsdp"] * config.train.grad_accum
-    if config.train.batch_size % shards:
-      raise ValueError(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
-                       f"data×fsdp devices × grad_accum = {shards} (mesh {dict(self.mesh.shape)})")
     from input_pipeline.vocab import load_vocabulary
     self.train_source = _train_source(config)
     self.train_vocab = load_vocabulary(self.train_source.vocabulary)
     self.templates = get_templates(config.clip.templates)
     self.cache_dir = self.local_dir / "cache"
     model = self.method.build_model(config)
-    if jax.process_index() == 0:  # read by restore, evaluate, predict and convert
-      write_run_config(self.workdir, config, self.method.architecture(model))
+    self.architecture = self.method.architecture(model)  # config.json, written once restored
     self.context = jax.device_put(
         self.method.train_context(model, config, self.train_vocab, self.templates, self.cache_dir),
         sharding.replicated(self.mesh))
@@ -85,7 +94,7 @@ class Run:
     self.train_step = jit_train_step(self.method, config, ts, self.mesh)
     self.data = self.method.train_data(config, self.train_source, self.mesh)
     self.ckpt = Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints)
-    self._stop_requested = False
+    self._stop_requested = self._config_written = False
 
   # ---- checkpoints ----
   def abstract_state(self):
@@ -93,14 +102,27 @@ class Run:
                         self.state, self.state_sharding)
 
   def restore(self) -> int:
+    """The newest good checkpoint's step (0: none), then config.json for restore, evaluate,
+    predict and convert: written only now, so a start that fails leaves the workdir as it was."""
     found = self.ckpt.restore(self.abstract_state(), self.data)
-    if found is None:
-      return 0
-    step, self.state, _ = found
-    tqdm.write(f"resumed from {self.ckpt.directory}/{step}")
+    step = 0 if found is None else found[0]
+    if found is not None:
+      self.state = found[1]
+      tqdm.write(f"resumed from {self.ckpt.directory}/{step}")
+    for key, old, new in self.config_changes:
+      tqdm.write(f"config change allowed on resume: {key}: {old!r} -> {new!r}")
+    self._write_config(step)
     return step
 
+  def _write_config(self, step):
+    if jax.process_index() == 0:
+      write_run_config(self.workdir, self.config, self.architecture,
+                       keep_previous_as=f"config.step_{step}.json" if self.config_changes else None)
+    self._config_written = True
+
   def save(self, step, force=False):
+    if not self._config_written:  # saved without a restore first (library use): still readable
+      self._write_config(step)
     self.ckpt.save(step, self.state, self.data, {"config": self.config.to_dict(), "step": step}, force=force)
 
   # ---- evaluation ----
@@ -148,7 +170,7 @@ class Run:
         done = step + 1
         if multi:
           self._stop_requested = distributed.preemption_sync_point(done)
-        if done % t.log_every == 0 or done == t.steps:
+        if evaluators.due(t.log_every, done, t.steps):
           self._check(*pending, history)
           pending = None
           dt = (time.perf_counter() - tic) / (done - last_logged)
@@ -158,7 +180,7 @@ class Run:
                    lr=float(optim.learning_rate(config.optim, t.steps, done)))
           _log(writer, done, m, "train")
           pbar.set_postfix(loss=f"{m['loss']:.3f}", s_per_step=f"{dt:.2f}", img_s=f"{m['images_per_s']:.1f}")
-        if done % t.ckpt_every == 0 or done == t.steps or self._stop_requested:
+        if evaluators.due(t.ckpt_every, done, t.steps) or self._stop_requested:
           self.save(done, force=True)
         if self._stop_requested:
           logging.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
@@ -231,5 +253,16 @@ def _log(writer, step, metrics, prefix):
         f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
 
 
-def train_and_evaluate(config, workdir) -> dict:
-  return Run(config, workdir).train()
+def outcome(result: dict) -> tuple[str, int]:
+  """How a run ends the program: (message, exit code). Preemption is `cli.PREEMPTED` (75), the
+  code schedulers requeue on (ovs_jax/cli.py, docs/robustness.md), never 0 ("done")."""
+  if result.get("preempted"):
+    return (f"preempted at step {result['step']}: checkpoint saved; re-run the same command to resume "
+            f"(exit code {cli.PREEMPTED})", cli.PREEMPTED)
+  ev = result.get("eval", {})
+  return (f"done: step {result['step']}" + (f", mIoU ({ev['miou_convention']}) {ev['mIoU']:.2f}" if ev else ""),
+          cli.OK)
+
+
+def train_and_evaluate(config, workdir, allow_config_change=()) -> dict:
+  return Run(config, workdir, allow_config_change).train()

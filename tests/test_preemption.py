@@ -1,5 +1,5 @@
-"""SIGTERM during training: a checkpoint at the next step boundary, a clean exit, and a restart
-that continues from it."""
+"""SIGTERM during training: a checkpoint at the next step boundary, exit code 75 (requeue), and a
+restart that continues from it."""
 import json
 import signal
 import subprocess
@@ -29,17 +29,18 @@ def test_sigterm_saves_at_step_boundary_and_restart_resumes(tmp_path):
       assert time.time() < deadline, "training did not start"
       time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 0, (tmp_path / "first.log").read_text()[-3000:]
+    assert proc.wait(timeout=120) == 75, (tmp_path / "first.log").read_text()[-3000:]  # requeue me
   finally:
     if proc.poll() is None:
       proc.kill()
   result = json.loads((workdir / "train_result.json").read_text())
   assert result["preempted"] is True
   saved = result["step"]
+  assert f"preempted at step {saved}: checkpoint saved" in (tmp_path / "first.log").read_text()
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps == [saved] and 2 <= saved < 1000  # only the preemption checkpoint (ckpt_every=1000)
 
-  out = run_python(_train_cmd(workdir, saved + 1), timeout=500)
+  out = run_python(_train_cmd(workdir, saved + 1) + ["--allow_config_change=train.steps"], timeout=500)
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
   text = out.stdout + out.stderr
   assert f"train step {saved + 1}:" in text and f"train step {saved}:" not in text  # resumed, not redone

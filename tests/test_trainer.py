@@ -15,6 +15,7 @@ from flax import nnx
 
 from ovs_jax import optim
 from ovs_jax.checkpointing import Checkpointer
+from ovs_jax.cli import ConfigError
 from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.methods import maft_plus
 from ovs_jax.trainer import NonFiniteError, Run, check_finite
@@ -152,6 +153,9 @@ def test_bad_config_keys_and_missing_inputs_are_named(tmp_path):
     maft_plus.METHOD.build_model(cfg)
   cfg = tiny_config()
   cfg.data.update(train="ade20k_150", root=str(tmp_path / "datasets"))
+  with pytest.raises(ConfigError, match=r"config.data.root='.*datasets': expected an existing directory"):
+    Run(cfg, tmp_path / "w2")
+  (tmp_path / "datasets").mkdir()
   with pytest.raises(Exception, match=r"ADEChallengeData2016"):
     Run(cfg, tmp_path / "w2")
 

@@ -35,3 +35,12 @@ def train_command(workdir, *extra):
   """The CLI call that trains the same tiny recipe."""
   return [sys.executable, "-m", "ovs_jax.train", "--config=configs/cdt_vitb.py:demo",
           f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in TINY.items()), *extra]
+
+
+def file_digests(root) -> dict:
+  """{path relative to root: sha256} of every file under root (to show nothing was lost)."""
+  import hashlib
+  from pathlib import Path
+  root = Path(root)
+  return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(root.rglob("*")) if p.is_file()}
