@@ -31,6 +31,9 @@ def get_config(arg: str = ""):
   )
   c.model = dict(num_queries=100, hidden_dim=256, enc_layers=6, enc_ffn_dim=1024, dec_layers=9,
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, cdt_heads=8, cdt_mode="semantic",
+                 # CDT's dense map: "official" (the official code's NCHW-as-rows reading, which its
+                 # checkpoints were trained with) or "per_pixel" (the paper); docs/maft_plus.md.
+                 cdt_dense="official",
                  # remat recomputes CLIP and pixel-decoder layers in the backward pass
                  # (less memory, about one more forward; see docs/training.md, Memory).
                  dtype="bfloat16", scan=False, remat=False,

@@ -45,6 +45,9 @@ FROZEN = (r"clip/text_model/", r"clip/text_projection/", r"clip/logit_scale",
           r"clip/vision_model/post_layernorm/", r"clip/visual_projection/",
           r"clip/visual/trunk/head/", r"clip/visual/head/", r"teacher/")
 BACKBONE = r"clip/(vision_model|visual)/"
+# The dense map CDT attends to: "official" = the official code's NCHW-as-rows reading (what the
+# released checkpoints were trained with, `nchw_rows`); "per_pixel" = the paper's per-pixel CLIP map.
+CDT_DENSE = ("official", "per_pixel")
 
 
 class MAFTPlus(nnx.Module):
@@ -74,6 +77,10 @@ class MAFTPlus(nnx.Module):
     self.mask_pooling_proj = linear(c.hidden_dim, c.hidden_dim, ("embed", "mlp"), **kw)
     self.in_vocab = CosineClassifier(c.hidden_dim, dim, **kw)
     self.cdt = ContentDependentTransfer(dim, c.cdt_heads, c.cdt_mode, **kw)
+    # Run configs from before this option trained on the per-pixel map.
+    self.cdt_dense = c.get("cdt_dense", "per_pixel")
+    if self.cdt_dense not in CDT_DENSE:
+      raise ValueError(f"config.model.cdt_dense={self.cdt_dense!r}: expected one of {CDT_DENSE}")
 
   def teacher_trunk(self, pixels):
     """Trunk features of the frozen initial tower (the RC teacher), no gradient."""
@@ -99,7 +106,8 @@ class MAFTPlus(nnx.Module):
   def out_of_vocab_logits(self, trunk, pred_masks, text, synonym_index):
     """Mask-pooled trunk features through the CLIP head vs the CDT classifier -> (B, Q, C)."""
     pooled = self.clip.image_head(mask_pool(trunk, pred_masks)).astype(jnp.float32)
-    transferred = self.cdt(text, self.clip.image_head(trunk)).astype(jnp.float32)  # T', not re-normalised
+    dense = nchw_rows(trunk) if self.cdt_dense == "official" else trunk
+    transferred = self.cdt(text, self.clip.image_head(dense)).astype(jnp.float32)  # T', not re-normalised
     scale = jnp.minimum(jnp.exp(self.clip.logit_scale[...]), 100.0)
     logits = scale * jnp.einsum("bqd,bsd->bqs", l2_normalize(pooled), transferred)
     return max_over_synonyms(logits, synonym_index)
@@ -117,6 +125,14 @@ class MAFTPlus(nnx.Module):
     out["out_vocab_logits"] = self.out_of_vocab_logits(trunk, out["pred_masks"], text, synonym_index)
     out["trunk"] = trunk
     return out
+
+
+def nchw_rows(x):
+  """(B, h, w, C) -> (B, h, w, C) as the official code reads its NCHW map with
+  `x.reshape(B*h*w, C)` before the CLIP head (`maft_plus.py` `visual_prediction_forward_convnext`,
+  no permute): position r holds elements r*C .. r*C+C-1 of each image's channel-major flattening."""
+  b, h, w, c = x.shape
+  return jnp.transpose(x, (0, 3, 1, 2)).reshape(b, h, w, c)
 
 
 def targets_from_batch(batch):

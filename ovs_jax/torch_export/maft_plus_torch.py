@@ -477,6 +477,7 @@ class MAFTPlusTorch(nn.Module):
     self.mask_pooling_proj = nn.Linear(m["hidden_dim"], m["hidden_dim"])
     self.in_vocab = CosineClassifier(m["hidden_dim"], dim)
     self.cdt = ContentDependentTransfer(dim, m["cdt_heads"], m["cdt_mode"])
+    self.cdt_dense = m.get("cdt_dense", "per_pixel")
 
   @classmethod
   def from_export(cls, directory, map_location="cpu") -> "MAFTPlusTorch":
@@ -521,7 +522,11 @@ class MAFTPlusTorch(nn.Module):
   def out_of_vocab_logits(self, trunk, masks, text, synonym_index):
     """Binarised masks pool the trunk features, then the CLIP head; cosine with the CDT classifier."""
     pooled = self.clip.image_head(mask_pool(trunk, masks))
-    transferred = self.cdt(text, self.clip.image_head(trunk))
+    dense = trunk
+    if self.cdt_dense == "official":  # the official code reads its NCHW map as (B*h*w, C) rows
+      b, h, w, c = trunk.shape
+      dense = trunk.permute(0, 3, 1, 2).reshape(b, h, w, c)
+    transferred = self.cdt(text, self.clip.image_head(dense))
     scale = self.clip.logit_scale.exp().clamp(max=100.0)
     logits = scale * torch.einsum("bqd,bsd->bqs", l2_normalize(pooled), transferred)
     return max_over_synonyms(logits, synonym_index)
