@@ -188,15 +188,32 @@ def flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def bad_values(named: dict) -> list[str]:
+  """{name: (value, rule)} -> a line 'name=value: expected ...' per value that breaks its rule."""
+  out = []
+  for name, (value, rule) in named.items():
+    ok, allowed = rule() if callable(rule) else rule
+    if not ok(value):
+      out.append(f"{name}={value!r}: expected {allowed}")
+  return out
+
+
+def inference_flags(flags) -> dict:
+  """The rules of the inference flags `evaluate` and `predict` share."""
+  return {f"--{k}": (getattr(flags, k), integer(1)) for k in ("short_side", "max_size", "window", "stride")}
+
+
+def validate_flags(named: dict) -> None:
+  """ConfigError listing every command-line flag that breaks its rule ({'--flag': (value, rule)})."""
+  if found := bad_values(named):
+    raise ConfigError("invalid flags:\n  " + "\n  ".join(found))
+
+
 def problems(config) -> list[str]:
   """One line per config value that breaks `RULES` or a rule between keys."""
   flat = flatten(config.to_dict() if hasattr(config, "to_dict") else dict(config))
-  out = []
-  for pattern, rule in RULES.items():
-    ok, allowed = rule() if callable(rule) else rule
-    for key in sorted(k for k in flat if fnmatch.fnmatchcase(k, pattern)):
-      if not ok(flat[key]):
-        out.append(f"config.{key}={flat[key]!r}: expected {allowed}")
+  out = bad_values({f"config.{key}": (flat[key], rule) for pattern, rule in RULES.items()
+                    for key in sorted(k for k in flat if fnmatch.fnmatchcase(k, pattern))})
   mesh = [flat.get(f"mesh.{a}") for a in ("data", "fsdp", "tensor")]
   if mesh.count(-1) > 1:
     out.append(f"config.mesh={dict(zip(('data', 'fsdp', 'tensor'), mesh))}: at most one axis may be -1")

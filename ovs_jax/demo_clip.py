@@ -147,10 +147,10 @@ def patch_accuracy(model: CLIPBase, images, labels, vocabulary):
 
 
 def _read_split(root, split):
+  from input_pipeline.files import read_image, read_label
   names = sorted(os.listdir(os.path.join(root, "images", split)))
-  images = np.stack([np.asarray(Image.open(os.path.join(root, "images", split, n)).convert("RGB"))
-                     for n in names])
-  labels = np.stack([np.asarray(Image.open(os.path.join(root, "annotations", split, n))) for n in names])
+  images = np.stack([read_image(os.path.join(root, "images", split, n)) for n in names])
+  labels = np.stack([read_label(os.path.join(root, "annotations", split, n)) for n in names])
   return images, labels
 
 

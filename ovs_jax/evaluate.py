@@ -17,10 +17,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import jax
 from absl import app, flags, logging
 
 from ovs_jax import metrics
 from ovs_jax.cli import guard
+from ovs_jax.config_check import inference_flags, integer, validate_flags
 from ovs_jax.evaluation import evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.templates import get_templates
@@ -69,6 +71,13 @@ def main(argv):
     clips = clips or ([] if FLAGS.checkpoint else ["demo:tiny"])
   if not (clips or FLAGS.checkpoint) or not datasets:
     raise app.UsageError("give --clip and/or --checkpoint, and --datasets (or use --demo)")
+  n = jax.device_count()
+  validate_flags({
+      **inference_flags(FLAGS), "--bucket": (FLAGS.bucket, integer(0, note="0: the model's input multiple")),
+      "--batch_size": (FLAGS.batch_size, (lambda v: v >= 0 and v % n == 0,
+                                          f"0 (one image per device) or a multiple of the {n} devices")),
+      "--max_images": (FLAGS.max_images, integer(0, note="0: all")),
+      "--workers": (FLAGS.workers, integer(0))})
   if any(s.startswith("random:") for s in clips):
     logging.warning("RANDOM CLIP weights: the pipeline runs, the numbers are meaningless.")
   cfg = InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride,

@@ -29,6 +29,8 @@ from absl import app, flags, logging
 from tqdm import tqdm
 
 from ovs_jax.cli import guard
+from ovs_jax.config_check import inference_flags, integer, validate_flags
+from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
 from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, demo_inputs, list_images,
                                          output_names, write_prediction)
@@ -65,6 +67,8 @@ def main(argv):
   del argv
   from input_pipeline import files
   from input_pipeline.vocab import parse_vocabulary
+  validate_flags({**inference_flags(FLAGS), "--num_demo": (FLAGS.num_demo, integer(1))})
+  InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride)  # before loading
   gts = {}
   if FLAGS.demo:
     records, vocabulary = demo_inputs(FLAGS.num_demo)

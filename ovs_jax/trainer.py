@@ -144,7 +144,8 @@ class Run:
         _log(writer, step, {k: v for k, v in r.items() if isinstance(v, (int, float))}, f"eval/{name}")
       if "mIoU" in r:
         tqdm.write(f"step {step}: {name} ({ev.dataset}) mIoU ({r['miou_convention']}) "
-                   f"{r['mIoU']:.2f}  pAcc {r['pACC']:.2f}")
+                   f"{r['mIoU']:.2f}  pAcc {r['pACC']:.2f}  ({r['num_images']} images"
+                   + (f", {r['num_skipped']} unreadable skipped)" if r.get("num_skipped") else ")"))
     return results
 
   # ---- the loop ----

@@ -2,6 +2,7 @@
 the value and what is allowed, exit code 2 and no traceback from the CLI."""
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,16 @@ def test_cli_reports_a_config_mistake_in_one_line_with_exit_code_2(tmp_path):
   assert "config.train.steps=-5: expected an integer ≥ 1" in r.stderr
   assert "config.train.ckpt_every=-1: expected an integer ≥ 0" in r.stderr
   assert not (tmp_path / "w").exists()
+
+
+def test_evaluate_and_predict_flags_are_checked_first(tmp_path):
+  r = subprocess.run([sys.executable, "-m", "ovs_jax.evaluate", "--demo", "--short_side=0",
+                      "--batch_size=3", "--max_images=-1", f"--workdir={tmp_path / 'e'}"],
+                     cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+  assert "error: invalid flags:\n  --short_side=0: expected an integer ≥ 1\n" in r.stderr
+  assert "--batch_size=3: expected 0 (one image per device) or a multiple of the 8 devices" in r.stderr
+  assert "--max_images=-1: expected an integer ≥ 0 (0: all)" in r.stderr
+  r = subprocess.run([sys.executable, "-m", "ovs_jax.predict", "--demo", "--mode=slide", "--window=32",
+                      "--stride=64", f"--out={tmp_path / 'p'}"], cwd=REPO, capture_output=True, text=True)
+  assert r.returncode == 2 and r.stderr.strip() == "error: stride 64 must be in (0, window=32]", r.stderr[-2000:]

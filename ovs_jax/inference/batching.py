@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from input_pipeline.transforms import shortest_edge_size
+from ovs_jax.cli import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,9 +34,9 @@ class InferenceConfig:
 
   def __post_init__(self):
     if self.mode not in ("whole", "slide"):
-      raise ValueError(f"inference mode {self.mode!r}; expected 'whole' or 'slide'")
+      raise ConfigError(f"inference mode {self.mode!r}; expected 'whole' or 'slide'")
     if self.mode == "slide" and not 0 < self.stride <= self.window:
-      raise ValueError(f"stride {self.stride} must be in (0, window={self.window}]")
+      raise ConfigError(f"stride {self.stride} must be in (0, window={self.window}]")
 
   def for_model(self, multiple: int) -> "InferenceConfig":
     """Resolves bucket 0 and checks the sizes against the model's input multiple."""
@@ -47,7 +48,7 @@ class InferenceConfig:
     sizes = {"bucket": self.bucket} | ({"window": self.window} if self.mode == "slide" else {})
     for name, v in sizes.items():
       if v % multiple:
-        raise ValueError(f"{name}={v} is not a multiple of the model's input multiple {multiple}")
+        raise ConfigError(f"{name}={v} is not a multiple of the model's input multiple {multiple}")
 
 
 def inference_size(hw, short_side: int, max_size: int | None) -> tuple[int, int]:
