@@ -10,6 +10,10 @@
   python -m ovs_jax.convert to-torch --checkpoint=runs/cdt_vitb --out=export/ [--dtype=bfloat16]
   # ... and back, into a new workdir that evaluate/predict/to-torch read
   python -m ovs_jax.convert from-torch --src=export/ --workdir=runs/imported
+  # the official MAFT+ checkpoints (detectron2 .pth) -> a workdir (evaluate, predict, fine-tune) ...
+  python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=runs/maftp_b
+  # ... and a ConvNeXt MAFT+ workdir -> the official layout (loads with strict=True)
+  python -m ovs_jax.convert to-official --checkpoint=runs/maftp_b --out=maftp_b_finetuned.pth
 
 The weights pass through our model, so every conversion also checks keys and shapes; the output is
 written atomically and verified by loading it back.
@@ -38,13 +42,16 @@ flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "outpu
 flags.DEFINE_string("checkpoint", None, "to-torch: training workdir, WORKDIR/STEP or WORKDIR/checkpoints/STEP")
 flags.DEFINE_bool("include_teacher", False, "to-torch: also export the frozen RC teacher (training only)")
 flags.DEFINE_bool("text_classifier", True, "to-torch: also write the training vocabulary's text classifier")
-flags.DEFINE_string("workdir", None, "from-torch: the new workdir (or --out)")
+flags.DEFINE_string("workdir", None, "from-torch/from-official: the new workdir (or --out)")
+flags.DEFINE_string("recipe", None, "from-official: recipe file name in configs/ (default: by CLIP width)")
 
-COMMANDS = ("clip", "to-torch", "from-torch")
+COMMANDS = ("clip", "to-torch", "from-torch", "from-official", "to-official")
 USAGE = """usage:
   python -m ovs_jax.convert clip --src=... --out=... [--to=hf|ours|openclip] [--arch=NAME|CONFIG]
   python -m ovs_jax.convert to-torch --checkpoint=WORKDIR[/STEP] --out=DIR [--dtype=float32|bfloat16]
-  python -m ovs_jax.convert from-torch --src=DIR --workdir=NEW_WORKDIR"""
+  python -m ovs_jax.convert from-torch --src=DIR --workdir=NEW_WORKDIR
+  python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=NEW_WORKDIR [--recipe=FILE]
+  python -m ovs_jax.convert to-official --checkpoint=WORKDIR[/STEP] --out=maftp_ours.pth"""
 
 
 def convert_clip(src: str, out: str, to: str = "hf", hidden_act: str | None = None,
@@ -83,6 +90,19 @@ def main(argv):
                    text_classifier=FLAGS.text_classifier)
     print(f"wrote {out}: model.safetensors, key_map.json, config.json, clip/"
           + (", text_classifier.safetensors" if FLAGS.text_classifier else ""))
+    return
+  if command == "from-official":
+    workdir = FLAGS.workdir or FLAGS.out
+    if not FLAGS.src or not workdir:
+      raise app.UsageError("from-official needs --src and --workdir\n" + USAGE)
+    from ovs_jax.torch_export.official import from_official
+    print(f"wrote {from_official(FLAGS.src, workdir, recipe=FLAGS.recipe)}")
+    return
+  if command == "to-official":
+    if not FLAGS.checkpoint or not FLAGS.out:
+      raise app.UsageError("to-official needs --checkpoint and --out\n" + USAGE)
+    from ovs_jax.torch_export.official import to_official
+    print(f"wrote {to_official(FLAGS.checkpoint, FLAGS.out)}")
     return
   if command == "from-torch":
     workdir = FLAGS.workdir or FLAGS.out

@@ -7,7 +7,8 @@ Sources (`load_clip(path)`):
     from `arch` (OpenCLIP model name or config JSON), the directory's config, or the shapes when they
     match one known model (`interchange/openclip.py`); activation given by `hidden_act` where the
     config does not say (OpenAI-pretrained weights: 'quick_gelu'; LAION: 'gelu');
-  * our own directory (`config.json` + orbax `params/`), written by `save_orbax_clip`.
+  * our own directory (`config.json` + orbax `params/`), written by `save_orbax_clip`;
+  * an official MAFT+ checkpoint (`maftp_*.pth`): its fine-tuned OpenCLIP model (`backbone.clip_model`).
 Outputs: HF directories (ViT only), OpenCLIP directories, our directories.
 """
 from __future__ import annotations
@@ -23,6 +24,9 @@ from ovs_jax.interchange import clip_keys, openclip, state_dict_io, torch_state
 from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.models import clip_config, clip_family
 from ovs_jax.models.clip import CLIP, CLIPBase
+
+
+OFFICIAL_MAFT_PREFIX = "backbone.clip_model."
 
 
 def abstract_clip(cfg, **model_kw) -> CLIPBase:
@@ -45,7 +49,9 @@ def with_activation(cfg, hidden_act: str | None):
 def _openclip_source(path: Path, sd, hidden_act, arch):
   """(config, our-named state dict) of an OpenCLIP state dict."""
   side_config = (path if path.is_dir() else path.parent) / openclip.CONFIG_FILE
-  if arch:
+  if arch in clip_family.CONVNEXT_PRESETS:  # our own ConvNeXt CLIP sizes (e.g. the demo's)
+    cfg = clip_family.get_arch(arch)
+  elif arch:
     cfg = openclip.config_from_openclip(openclip.read_model_config(arch), str(arch))
   elif side_config.is_file():
     cfg = openclip.config_from_openclip(openclip.read_model_config(side_config), str(side_config))
@@ -79,6 +85,8 @@ def read_clip_source(path: str | Path, hidden_act: str | None = None, arch: str 
       return cfg, None
     return cfg, state_dict_io.read_state_dict(path)
   sd = state_dict_io.read_state_dict(path)
+  if any(k.startswith(OFFICIAL_MAFT_PREFIX) for k in sd):  # an official MAFT+ checkpoint's student
+    sd = {k[len(OFFICIAL_MAFT_PREFIX):]: v for k, v in sd.items() if k.startswith(OFFICIAL_MAFT_PREFIX)}
   if "token_embedding.weight" in sd or any(k.startswith("visual.") for k in sd):
     return _openclip_source(path, sd, hidden_act, arch)
   if "vision_model.embeddings.patch_embedding.weight" in sd:
@@ -102,11 +110,15 @@ def load_clip(path: str | Path, *, hidden_act: str | None = None, arch: str | No
 def save_openclip(model: CLIPBase, out_dir: str | Path, dtype=np.float32) -> Path:
   """Write an OpenCLIP hub-style directory (`open_clip_config.json` + `open_clip_model.safetensors`,
   OpenCLIP key names) atomically; `open_clip.create_model(..., pretrained=FILE)` reads the weights."""
-  config = {"model_cfg": openclip.to_openclip_config(model.config)}
-  sd = clip_keys.hf_to_openclip(torch_state.export_state_dict(model, dtype))
-  state_dict_io.write_dir_atomically(out_dir, {openclip.CONFIG_FILE: json.dumps(config, indent=2).encode(),
-                                               openclip.WEIGHT_FILES[0]: sd})
+  state_dict_io.write_dir_atomically(out_dir, openclip_files(model, dtype))
   return Path(out_dir)
+
+
+def openclip_files(model: CLIPBase, dtype=np.float32) -> dict:
+  """{file name: content} of an OpenCLIP directory, for `write_dir_atomically`."""
+  config = {"model_cfg": openclip.to_openclip_config(model.config)}
+  return {openclip.CONFIG_FILE: json.dumps(config, indent=2).encode(),
+          openclip.WEIGHT_FILES[0]: clip_keys.hf_to_openclip(torch_state.export_state_dict(model, dtype))}
 
 
 def save_hf_clip(model: CLIP, out_dir: str | Path, dtype=np.float32) -> Path:
@@ -124,6 +136,11 @@ def hf_clip_files(model: CLIP, dtype=np.float32) -> dict:
   cfg["dtype"] = np.dtype(dtype).name if dtype != jnp.bfloat16 else "bfloat16"
   return {"config.json": json.dumps(cfg, indent=2).encode(),
           "model.safetensors": torch_state.export_state_dict(model, dtype)}
+
+
+def clip_files(model: CLIPBase, dtype=np.float32) -> dict:
+  """A CLIP's files in its PyTorch ecosystem's layout: HF for a ViT CLIP, OpenCLIP otherwise."""
+  return hf_clip_files(model, dtype) if isinstance(model, CLIP) else openclip_files(model, dtype)
 
 
 def save_orbax_clip(model: CLIPBase, out_dir: str | Path) -> Path:

@@ -102,17 +102,11 @@ def from_official(sd: dict[str, np.ndarray], source: str) -> dict[str, np.ndarra
 
 
 def read_official_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
-  """The `model` state dict of a detectron2 checkpoint, loaded without executing pickled code."""
-  import torch
-  path = Path(path)
-  if not path.is_file():
-    raise CheckpointError(f"{path}: official MAFT+ checkpoint not found")
-  try:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-  except Exception as e:  # pickle refusals, truncation, not a zip/pickle at all
-    raise CheckpointError(f"{path}: not a loadable PyTorch checkpoint with weights only "
-                          f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-  sd = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else None
-  if not isinstance(sd, dict) or not sd or not all(hasattr(v, "numpy") for v in sd.values()):
-    raise CheckpointError(f"{path}: expected a detectron2 checkpoint {{'model': state dict}} of tensors")
-  return {k: v.detach().float().numpy() if v.is_floating_point() else v.numpy() for k, v in sd.items()}
+  """The `model` state dict of a detectron2 checkpoint (`torch.load(weights_only=True)`: pickled
+  code is never executed)."""
+  from ovs_jax.interchange.state_dict_io import read_state_dict
+  sd = read_state_dict(path)
+  if not any(k.startswith(("backbone.clip_model.", "sem_seg_head.")) for k in sd):
+    raise CheckpointError(f"{path}: not an official MAFT+ checkpoint (no backbone.clip_model.* or "
+                          f"sem_seg_head.* keys; first keys: {sorted(sd)[:3]})")
+  return sd

@@ -34,8 +34,9 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
     raise CheckpointError(f"{path}: reading PyTorch .bin/.pt files needs torch "
                           "(pip install 'ovs_jax[torch]'), or convert it to .safetensors") from e
   obj = torch.load(str(path), map_location="cpu", weights_only=True)
-  if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-    obj = obj["state_dict"]
+  for wrapper in ("state_dict", "model"):  # Lightning-style, detectron2 ({'model': ..., 'iteration': ...})
+    if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+      obj = obj[wrapper]
   if not isinstance(obj, dict):
     raise CheckpointError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
   out = {}

@@ -14,6 +14,9 @@ from ovs_jax.models import clip_config, convnext_clip
 from ovs_jax.models.clip import CLIP, CLIPBase
 
 
+CONVNEXT_PRESETS = convnext_clip.PRESETS
+
+
 def arch_names() -> list[str]:
   return sorted(clip_config.PRESETS) + sorted(convnext_clip.PRESETS)
 

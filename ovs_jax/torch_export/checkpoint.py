@@ -25,9 +25,9 @@ import numpy as np
 from flax import nnx
 
 from ovs_jax.interchange import state_dict_io, torch_state
-from ovs_jax.interchange.clip_weights import hf_clip_files
+from ovs_jax.interchange.clip_weights import clip_files
 from ovs_jax.interchange.errors import CheckpointError
-from ovs_jax.models import clip_config
+from ovs_jax.models import clip_family
 from ovs_jax.torch_export.maft_plus_torch import CLIP_MEAN, CLIP_STD, FORMAT, read_export_config
 
 FORMAT_VERSION = 1
@@ -94,9 +94,9 @@ def export_model(model, config, out, *, step=0, dtype="float32", include_teacher
   }
   files = {"model.safetensors": sd}
   clip = getattr(model, "clip", None)
-  if clip is not None:  # the CLIP towers also as an HF directory (new vocabularies, transformers)
-    meta["clip"] = clip_config.to_hf_dict(clip.config)
-    for name, content in hf_clip_files(clip, np_dtype).items():
+  if clip is not None:  # the CLIP towers also as an HF (ViT) or OpenCLIP directory (new vocabularies)
+    meta["clip"] = clip_family.to_record(clip.config)
+    for name, content in clip_files(clip, np_dtype).items():
       files[f"clip/{name}"] = content
   if text_classifier and clip is not None:
     from ovs_jax.templates import get_templates
@@ -169,8 +169,8 @@ def read_export(src) -> tuple[dict, dict]:
                if k.startswith(("text_model.", "text_projection.")) and f"clip.{k}" not in sd})
   # MAFT+'s RC teacher restarts from the imported tower when the export left it out.
   if meta["method"] == "maft_plus" and not any(k.startswith("teacher.") for k in sd):
-    prefix = "clip.vision_model."
-    sd.update({"teacher." + k[len(prefix):]: v for k, v in list(sd.items()) if k.startswith(prefix)})
+    for prefix in ("clip.vision_model.", "clip.visual."):  # ViT, ConvNeXt
+      sd.update({"teacher." + k[len(prefix):]: v for k, v in list(sd.items()) if k.startswith(prefix)})
   return meta, sd
 
 
@@ -179,30 +179,40 @@ def from_torch(src, workdir) -> Path:
 
   The optimizer state is fresh (zero moments); evaluate/predict/to-torch read the workdir as any other.
   """
+  src = Path(src)
+  meta, sd = read_export(src)
+  config = ml_collections.ConfigDict(meta["run_config"])
+  architecture = meta.get("architecture") or {"clip": meta["clip"]}  # exports before the record
+  return write_imported_workdir(
+      workdir, config, architecture, step=meta["step"], source=str(src),
+      load=lambda model: load_model_state(model, sd, source=str(src / "model.safetensors")))
+
+
+def write_imported_workdir(workdir, config, architecture, *, step, source, load) -> Path:
+  """A new workdir (config.json + orbax checkpoint at `step`) holding a model built from the
+  `architecture` record and filled by `load(model)`; fresh optimizer state. Refuses a workdir
+  that already holds checkpoints."""
   from ovs_jax import sharding
   from ovs_jax.checkpointing import Checkpointer
   from ovs_jax.methods.registry import get_method
   from ovs_jax.restore import write_run_config
   from ovs_jax.train_step import init_train_state
-  src, workdir = Path(src), Path(workdir)
-  meta, sd = read_export(src)
+  workdir = Path(workdir)
   ckpt_dir = workdir / "checkpoints"
   if ckpt_dir.is_dir() and any(ckpt_dir.iterdir()):
     raise FileExistsError(f"{ckpt_dir} already holds checkpoints; give a new --workdir")
-  config = ml_collections.ConfigDict(meta["run_config"])
-  architecture = meta.get("architecture") or {"clip": meta["clip"]}  # exports before the record
-  method = get_method(meta["method"])
+  method = get_method(config.method)
   model = nnx.eval_shape(lambda: method.build_model(config, architecture))
-  load_model_state(model, sd, source=str(src / "model.safetensors"))
+  load(model)
   mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   ts = init_train_state(method, config, mesh, model=model)
-  state = dict(ts.state, step=jnp.asarray(meta["step"], jnp.int32))
+  state = dict(ts.state, step=jnp.asarray(step, jnp.int32))
   workdir.mkdir(parents=True, exist_ok=True)
   write_run_config(workdir, config, architecture)
   ckpt = Checkpointer(ckpt_dir, use_async=False)
   try:
-    ckpt.save(meta["step"], state, meta={"config": config.to_dict(), "step": meta["step"],
-                                         "imported_from": str(src)}, force=True)
+    ckpt.save(step, state, meta={"config": config.to_dict(), "step": step, "imported_from": source},
+              force=True)
   finally:
     ckpt.close()
   return workdir
