@@ -114,6 +114,14 @@ def _clip_weights():
               "weights), 'demo' or 'random'")
 
 
+def _clip_arch():
+  from ovs_jax.interchange.openclip import known_configs
+  from ovs_jax.models.clip_family import arch_names
+  names = sorted(set(arch_names()) | set(known_configs()))
+  return (lambda v: isinstance(v, str) and (v in names or v.endswith(".json"))), (
+      f"one of {names} or an OpenCLIP config .json")
+
+
 # Key pattern (fnmatch over dotted keys) -> rule (predicate, what is allowed). Callables are
 # resolved when validating (they read registries).
 RULES = {
@@ -121,12 +129,14 @@ RULES = {
     "seed": integer(0),
     "clip.weights": _clip_weights,
     "clip.templates": _templates,
+    "clip.arch": _clip_arch,
     "model.dtype": _dtypes,
     "model.scan": boolean(), "model.remat": boolean(),
     "model.num_queries": integer(1), "model.hidden_dim": integer(1), "model.enc_layers": integer(1),
     "model.enc_ffn_dim": integer(1), "model.dec_layers": integer(1), "model.dec_ffn_dim": integer(1),
     "model.num_heads": integer(1), "model.deform_points": integer(1), "model.cdt_heads": integer(1),
     "model.cdt_mode": one_of("semantic", "panoptic"),
+    "model.cdt_dense": one_of("official", "per_pixel"),
     "model.ensemble": one_of("none", "geometric"),
     "model.ensemble_alpha": number(0, 1), "model.ensemble_beta": number(0, 1),
     "loss.*_weight": number(0),
