@@ -110,7 +110,7 @@ def main(argv):
       if not FLAGS.skip_bad:
         raise files.DataError(f"{e} (--skip_bad skips such images and continues)") from None
       skipped.append({"input": where, "reason": str(e)})
-      tqdm.write(f"skipped {where}: {e}")
+      tqdm.write(f"skipped: {e}")
       continue
     label = segment(image)
     paths = write_prediction(out, name, image, label, segment.names, gt)
@@ -122,7 +122,7 @@ def main(argv):
   print(f"wrote {len(done)} predictions to {out}/ (list: {out / 'summary.json'})", file=sys.stderr)
   if skipped:
     print(f"skipped {len(skipped)} of {len(inputs)} images:\n" + "\n".join(
-        f"  {s['input']}: {s['reason']}" for s in skipped), file=sys.stderr)
+        f"  {s['reason']}" for s in skipped), file=sys.stderr)  # each reason names its file
   if not done:
     raise files.DataError(f"none of the {len(inputs)} images could be segmented")
 
