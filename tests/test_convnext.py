@@ -73,8 +73,9 @@ def _mlp(x, sd, name):
   return F.linear(x, sd[f"{name}.fc2.weight"], sd.get(f"{name}.fc2.bias"))
 
 
-def reference(cfg, sd, pixels, vectors):
-  """timm ConvNeXt forward_intermediates + forward_head, OpenCLIP head; NCHW float64."""
+def reference(cfg, sd, pixels, vectors, keeps=None):
+  """timm ConvNeXt forward_intermediates + forward_head, OpenCLIP head; NCHW float64. `keeps`:
+  per block (B,) DropPath scales applied to the branch, as timm's ConvNeXtBlock in train mode."""
   sd = {k: torch.tensor(v, dtype=torch.float64) for k, v in sd.items()}
   eps = cfg.eps
   x = torch.tensor(pixels, dtype=torch.float64).permute(0, 3, 1, 2)
@@ -90,7 +91,10 @@ def reference(cfg, sd, pixels, vectors):
       b = f"{s}.blocks.{j}"
       h = F.conv2d(x, sd[f"{b}.conv_dw.weight"], sd[f"{b}.conv_dw.bias"], padding=3, groups=c)
       h = _mlp(_ln(h.permute(0, 2, 3, 1), sd, f"{b}.norm", eps), sd, f"{b}.mlp")
-      x = x + (h * sd[f"{b}.gamma"]).permute(0, 3, 1, 2)
+      h = (h * sd[f"{b}.gamma"]).permute(0, 3, 1, 2)
+      if keeps is not None:
+        h = h * torch.tensor(np.asarray(keeps.pop(0)), dtype=torch.float64)[:, None, None, None]
+      x = x + h
     out[f"res{i + 2}"] = x
   out["clip_vis_dense"] = x  # norm_pre = Identity
 
@@ -190,3 +194,29 @@ def test_full_size_presets_have_timm_shapes_and_openclip_counts(name):
   assert emb.shape == (1, cfg.embed_dim)
   assert [feats[f"res{i + 2}"].shape for i in range(4)] == [
       (1, size // s, size // s, c) for s, c in zip((4, 8, 16, 32), cfg.dims)]
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_stochastic_depth_is_timms_drop_path(remat):
+  """timm `ConvNeXt(drop_path_rate=p)`: block k of n drops its branch per sample with probability
+  linspace(0, p, n)[k] and scales kept ones by 1/(1 - that); off without an rng (inference)."""
+  from ovs_jax.models.convnext import stochastic_depth
+  cfg = dataclasses.replace(TINY, drop_path=0.5)
+  sd = random_state_dict(cfg)
+  pixels = np.random.default_rng(4).standard_normal((4, 64, 64, 3)).astype(np.float32)
+  rng = jax.random.key(3)
+  keeps = stochastic_depth(cfg, rng, 4)
+  rates = np.concatenate([np.linspace(0, 0.5, sum(cfg.depths))[a:b] for a, b in
+                          zip(np.cumsum((0,) + cfg.depths[:-1]), np.cumsum(cfg.depths))])
+  flat = np.concatenate([np.asarray(k) for k in keeps])  # (blocks, B)
+  for rate, row in zip(rates, flat):
+    assert np.all(np.isclose(row, 0) | np.isclose(row, 1 / (1 - rate), rtol=1e-5)), (rate, row)
+  assert (flat == 0).any() and (flat > 0).any()
+  model = loaded(cfg, sd, remat=remat)
+  got = np.asarray(jax.jit(lambda m, x: m.features(x, rng)["res5"])(model, jnp.asarray(pixels)))
+  want = reference(cfg, sd, pixels, np.zeros((1, cfg.dims[-1]), np.float32),
+                   keeps=[k for stage in keeps for k in stage])["res5"]
+  np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+  plain = np.asarray(jax.jit(lambda m, x: m.features(x)["res5"])(model, jnp.asarray(pixels)))
+  np.testing.assert_allclose(plain, reference(cfg, sd, pixels, np.zeros((1, cfg.dims[-1]), np.float32))["res5"],
+                             atol=1e-4, rtol=1e-4)

@@ -109,7 +109,12 @@ def test_out_of_vocab_pools_trunk_features_then_applies_the_clip_head(model):
     return F.layer_norm(x, x.shape[-1:], _t(ln[0]), _t(ln[1]), eps) @ proj
   pooled = _torch_mask_pool(_t(trunk).permute(0, 3, 1, 2), _t(masks))
   dense = head(_t(trunk))
-  transferred = _t(model.cdt(text, jnp.asarray(dense.numpy(), jnp.float32)))  # CDT: tests/test_maft_cdt.py
+  # MP `visual_prediction_forward_convnext`: the NCHW map reshaped to (B*h*w, C) without a permute
+  # (model.cdt_dense="official", the recipes' default) before the head; CDT: tests/test_maft_cdt.py.
+  assert model.cdt_dense == "official"
+  b, h, w, c = trunk.shape
+  cdt_in = head(_t(trunk).permute(0, 3, 1, 2).reshape(b * h * w, c)).reshape(b, h, w, -1)
+  transferred = _t(model.cdt(text, jnp.asarray(cdt_in.numpy(), jnp.float32)))
   scale = min(np.exp(float(model.clip.logit_scale[...])), 100.0)
   want = _torch_max_over_synonyms(scale * torch.einsum("bqd,bsd->bqs", F.normalize(head(pooled), dim=-1),
                                                        transferred), index)

@@ -2,7 +2,7 @@
 
 A state dict does not record attention heads. OpenCLIP's model config does (`vision_cfg.head_width`,
 `text_cfg.heads`), so an architecture comes from, in order: `arch` (an OpenCLIP model name such as
-`ViT-H-14` or `convnext_base_w_320`, or the path of a config JSON), the `open_clip_config.json` next to
+`ViT-H-14`, `convnext_base_w_320` or `RN50`, or the path of a config JSON), the `open_clip_config.json` next to
 the weights (hub directories ship one), or the state dict's shapes when they match exactly one model
 in `openclip_configs.json` (OpenCLIP's `src/open_clip/model_configs/*.json` for the models we
 support). Anything else is refused rather than guessed: ViT-H-14's 1280-wide tower has 16 heads of
@@ -19,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from ovs_jax.interchange.errors import CheckpointError
-from ovs_jax.models import convnext_clip
+from ovs_jax.models import convnext_clip, resnet_clip
 from ovs_jax.models.clip_config import CLIPConfig, TowerConfig
 from ovs_jax.models.convnext import ConvNeXtConfig
+from ovs_jax.models.modified_resnet import ModifiedResNetConfig
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
@@ -76,7 +77,8 @@ def _check_supported(d: dict[str, Any], where: str):
 
 
 def config_from_openclip(d: dict[str, Any], where: str = "OpenCLIP config"):
-  """Our config (CLIPConfig for a ViT, ConvNeXtCLIPConfig) from an OpenCLIP model config."""
+  """Our config (CLIPConfig for a ViT, ConvNeXtCLIPConfig, ResNetCLIPConfig for a `layers` list)
+  from an OpenCLIP model config."""
   _check_supported(d, where)
   act = "quick_gelu" if d.get("quick_gelu") else "gelu"
   v, t, embed = d["vision_cfg"], d["text_cfg"], d["embed_dim"]
@@ -95,10 +97,16 @@ def config_from_openclip(d: dict[str, Any], where: str = "OpenCLIP config"):
     depths, dims = TIMM_CONVNEXT[name]
     vision = ConvNeXtConfig(depths, dims, embed, v.get("timm_proj", "linear"),
                             mlp_hidden=2 * embed if v.get("timm_proj") == "mlp" else None,
-                            image_size=_side(v.get("image_size", 224), where))
+                            image_size=_side(v.get("image_size", 224), where),
+                            drop_path=v.get("timm_drop_path") or 0.0)
     return convnext_clip.ConvNeXtCLIPConfig(vision, text, embed)
-  if isinstance(v.get("layers"), (list, tuple)):
-    raise CheckpointError(f"{where}: ModifiedResNet CLIP towers are not supported by this loader")
+  if isinstance(v.get("layers"), (list, tuple)):  # OpenCLIP `_build_vision_tower`: ModifiedResNet
+    try:
+      vision = ModifiedResNetConfig(tuple(v["layers"]), v.get("width", 64), embed,
+                                    _side(v.get("image_size", 224), where), v.get("head_width", 64))
+    except ValueError as e:
+      raise CheckpointError(f"{where}: {e}") from e
+    return resnet_clip.ResNetCLIPConfig(vision, text, embed)
   width, head_width = v.get("width", 768), v.get("head_width", 64)
   if width % head_width:
     raise CheckpointError(f"{where}: vision width {width} is not a multiple of head_width {head_width}")
@@ -133,7 +141,11 @@ def to_openclip_config(cfg) -> dict[str, Any]:
       raise CheckpointError(f"ConvNeXt depths {v.depths} dims {v.dims} (head {v.head}) has no "
                             "OpenCLIP/timm name: it cannot be written in the OpenCLIP layout")
     d["vision_cfg"] = {"timm_model_name": name, "timm_model_pretrained": False, "timm_pool": "",
-                       "timm_proj": v.head, "image_size": v.image_size}
+                       "timm_proj": v.head, "image_size": v.image_size, "timm_drop_path": v.drop_path}
+  elif isinstance(cfg, resnet_clip.ResNetCLIPConfig):
+    v = cfg.vision
+    d["vision_cfg"] = {"image_size": v.image_size, "layers": list(v.layers), "width": v.width,
+                       "head_width": v.head_width, "patch_size": None}
   else:
     v = cfg.vision
     d["vision_cfg"] = {"image_size": v.image_size, "layers": v.num_hidden_layers,
@@ -163,34 +175,44 @@ def shape_signature(sd: dict[str, np.ndarray]) -> tuple | None:
     depths = tuple(_layers(sd, f"visual.trunk.stages.{i}.blocks.") for i in range(4))
     head = "mlp" if "visual.head.mlp.fc1.weight" in sd else "linear"
     return ("convnext", depths, dims, head) + text
+  if "visual.layer1.0.conv1.weight" in sd and "visual.attnpool.c_proj.weight" in sd:
+    grid = int(round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5))
+    layers = tuple(_layers(sd, f"visual.layer{i}.") for i in range(1, 5))
+    return ("resnet", layers, sd["visual.bn3.weight"].shape[0], grid,
+            sd["visual.attnpool.c_proj.weight"].shape[0]) + text
   return None
 
 
 def config_signature(cfg) -> tuple:
   t = cfg.text
   text = (t.hidden_size, t.num_hidden_layers, t.max_position_embeddings, cfg.projection_dim)
-  if isinstance(cfg, convnext_clip.ConvNeXtCLIPConfig):
-    return ("convnext", cfg.vision.depths, cfg.vision.dims, cfg.vision.head) + text
   v = cfg.vision
+  if isinstance(cfg, convnext_clip.ConvNeXtCLIPConfig):
+    return ("convnext", v.depths, v.dims, v.head) + text
+  if isinstance(cfg, resnet_clip.ResNetCLIPConfig):
+    return ("resnet", v.layers, v.width, v.image_size // 32, v.embed_dim) + text
   return ("vit", v.hidden_size, v.num_hidden_layers, v.patch_size, v.image_size,
           v.intermediate_size) + text
+
+
+def _heads(cfg) -> tuple[int, int]:
+  """(text heads, image-tower heads; 0 for a ConvNeXt)."""
+  v = cfg.vision
+  vision = (v.heads if isinstance(cfg, resnet_clip.ResNetCLIPConfig)
+            else getattr(v, "num_attention_heads", 0))
+  return cfg.text.num_attention_heads, vision
 
 
 def infer_config(sd: dict[str, np.ndarray], source: str):
   """The config of the one supported OpenCLIP model whose shapes `sd` has; refuses otherwise."""
   sig = shape_signature(sd)
   if sig is None:
-    if any(k.startswith("visual.layer1.") for k in sd):
-      raise CheckpointError(f"{source}: OpenCLIP ModifiedResNet (RN50/RN101) weights are not "
-                            "supported by this loader")
     raise CheckpointError(f"{source}: not an OpenCLIP state dict (no token_embedding/text_projection"
-                          " or no ViT/ConvNeXt image tower keys)")
-  names = [n for n, d in known_configs().items() if "-quickgelu" not in n and not
-           isinstance(d["vision_cfg"].get("layers"), list) and
-           config_signature(config_from_openclip(d, n)) == sig]
-  heads = {(config_from_openclip(known_configs()[n]).text.num_attention_heads,
-            getattr(config_from_openclip(known_configs()[n]).vision, "num_attention_heads", 0))
-           for n in names}
+                          " or no ViT/ConvNeXt/ModifiedResNet image tower keys)")
+  configs = {n: config_from_openclip(d, n) for n, d in known_configs().items()
+             if "-quickgelu" not in n}
+  names = [n for n, cfg in configs.items() if config_signature(cfg) == sig]
+  heads = {_heads(configs[n]) for n in names}
   if len(heads) != 1:
     raise CheckpointError(
         f"{source}: the number of attention heads is not stored in a state dict and these shapes "

@@ -82,13 +82,14 @@ class MAFTPlus(nnx.Module):
     if self.cdt_dense not in CDT_DENSE:
       raise ValueError(f"config.model.cdt_dense={self.cdt_dense!r}: expected one of {CDT_DENSE}")
 
-  def teacher_trunk(self, pixels):
-    """Trunk features of the frozen initial tower (the RC teacher), no gradient."""
-    return jax.lax.stop_gradient(self.teacher.trunk_features(pixels))
+  def teacher_trunk(self, pixels, rng=None):
+    """Trunk features of the frozen initial tower (the RC teacher), no gradient. `rng`: the
+    official code runs the teacher in train mode too (ConvNeXt stochastic depth)."""
+    return jax.lax.stop_gradient(self.teacher.trunk_features(pixels, rng))
 
-  def backbone(self, pixels):
+  def backbone(self, pixels, rng=None):
     """-> (mask-head input levels res2..res5, detached; the trunk's dense CLIP map)."""
-    pyramid = self.clip.backbone_features(pixels)
+    pyramid = self.clip.backbone_features(pixels, rng)
     if pyramid is None:
       trunk = self.clip.trunk_features(pixels)  # before the CLIP head
       return self.pyramid(jax.lax.stop_gradient(trunk)), trunk
@@ -112,14 +113,15 @@ class MAFTPlus(nnx.Module):
     logits = scale * jnp.einsum("bqd,bsd->bqs", l2_normalize(pooled), transferred)
     return max_over_synonyms(logits, synonym_index)
 
-  def __call__(self, pixels, text, synonym_index):
-    """pixels (B, H, W, 3); text (S, D) unit rows; synonym_index (C, K).
+  def __call__(self, pixels, text, synonym_index, rng=None):
+    """pixels (B, H, W, 3); text (S, D) unit rows; synonym_index (C, K); rng: training randomness
+    of the backbone (None at inference).
 
     Returns the head output (every set with in-vocab 'pred_logits' (B, Q, C+1), void last, and
     'pred_masks' (B, Q, H/4, W/4)), plus 'out_vocab_logits' (B, Q, C) of the final set and the
     student's 'trunk' features (B, h, w, width).
     """
-    levels, trunk = self.backbone(pixels)
+    levels, trunk = self.backbone(pixels, rng)
     classify = lambda s, mask_features: self.in_vocab_logits(s, mask_features, text, synonym_index)
     out = self.head(levels, classify)
     out["out_vocab_logits"] = self.out_of_vocab_logits(trunk, out["pred_masks"], text, synonym_index)
@@ -146,9 +148,10 @@ def targets_from_batch(batch):
 
 def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):
   """Total loss and its terms for one batch (weights: config.loss; docs/maft_plus.md)."""
-  out = model(batch["image"], text, synonym_index)
-  return loss_terms(out, targets_from_batch(batch), model.teacher_trunk(batch["image"]), rng,
-                    loss_config)
+  rng, student_rng, teacher_rng = jax.random.split(rng, 3)
+  out = model(batch["image"], text, synonym_index, student_rng)
+  return loss_terms(out, targets_from_batch(batch), model.teacher_trunk(batch["image"], teacher_rng),
+                    rng, loss_config)
 
 
 def loss_terms(out, targets, teacher_trunk, rng, c):

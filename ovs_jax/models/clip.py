@@ -142,8 +142,9 @@ class VisionTransformer(nnx.Module):
     x = self.encoder(self.pre_layrnorm(x), maskclip_last=maskclip)
     return x, grid
 
-  def trunk_features(self, pixels, *, maskclip: bool = False):
-    """(B, H, W, 3) -> (B, h, w, D): patch tokens of the last block, before the CLIP head."""
+  def trunk_features(self, pixels, rng=None, *, maskclip: bool = False):
+    """(B, H, W, 3) -> (B, h, w, D): patch tokens of the last block, before the CLIP head (CLIP's
+    ViTs train without stochastic depth: `rng` is unused)."""
     x, (h, w) = self(pixels, maskclip=maskclip)
     return x[:, 1:].reshape(x.shape[0], h, w, -1)
 
@@ -218,8 +219,9 @@ class CLIPBase(nnx.Module):
     """Channels of `backbone_features`' levels, or None."""
     return None
 
-  def backbone_features(self, pixels):
-    """{'res2'..'res5'} pyramid of a convolutional tower, or None (a ViT has one stride)."""
+  def backbone_features(self, pixels, rng=None):
+    """{'res2'..'res5'} pyramid of a convolutional tower, or None (a ViT has one stride). `rng`:
+    training-time randomness (stochastic depth) where the tower has any."""
     return None
 
   def trunk_features(self, pixels, **kw):

@@ -12,6 +12,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ovs_jax import layers
@@ -32,6 +33,9 @@ class ConvNeXtConfig:
   layer_scale_init: float = 1e-6
   eps: float = 1e-6  # every LayerNorm (timm's default; convnext_xxlarge uses 1e-5)
   image_size: int = 224
+  # timm `drop_path_rate` (OpenCLIP `timm_drop_path`): stochastic depth in training, rising
+  # linearly over the blocks from 0 to this value; off at inference.
+  drop_path: float = 0.0
 
   def __post_init__(self):
     if self.head not in ("linear", "mlp"):
@@ -44,10 +48,10 @@ class ConvNeXtConfig:
 PRESETS: dict[str, ConvNeXtConfig] = {
     # timm `convnext_base` dims/depths; OpenCLIP model_configs/convnext_base_w_320.json.
     "convnext_base_w_320": ConvNeXtConfig((3, 3, 27, 3), (128, 256, 512, 1024), 640, "linear",
-                                          image_size=320),
+                                          image_size=320, drop_path=0.1),
     # timm `convnext_large`; OpenCLIP model_configs/convnext_large_d_320.json, MLP hidden 2 * 768.
     "convnext_large_d_320": ConvNeXtConfig((3, 3, 27, 3), (192, 384, 768, 1536), 768, "mlp",
-                                           mlp_hidden=1536, image_size=320),
+                                           mlp_hidden=1536, image_size=320, drop_path=0.1),
     # For tests and demos.
     "tiny": ConvNeXtConfig((1, 1, 2, 1), (16, 24, 32, 48), 32, "mlp", mlp_hidden=64,
                            image_size=64),
@@ -106,9 +110,24 @@ class Block(nnx.Module):
     self.gamma = layers.param(nnx.initializers.constant(cfg.layer_scale_init), (dim,), ("embed",),
                               rngs=rngs)
 
-  def __call__(self, x):
-    h = self.mlp(self.norm(self.conv_dw(x)))
-    return x + (self.gamma[...] * h).astype(x.dtype)
+  def __call__(self, x, keep=None):
+    """`keep` (B,): stochastic depth's per-sample scale of the branch (0 or 1/(1-p)), or None."""
+    h = self.gamma[...] * self.mlp(self.norm(self.conv_dw(x)))
+    if keep is not None:
+      h = h * keep[:, None, None, None]
+    return x + h.astype(x.dtype)
+
+
+def stochastic_depth(cfg: ConvNeXtConfig, rng, batch: int):
+  """Per stage: (blocks, B) branch scales of timm's DropPath (keep with 1 - p, scaled by 1/(1 - p);
+  p rising linearly over all blocks from 0 to `cfg.drop_path`), or None without `rng` or rate."""
+  if rng is None or cfg.drop_path <= 0:
+    return [None] * len(cfg.depths)
+  rates = jnp.linspace(0.0, cfg.drop_path, sum(cfg.depths))
+  keep_prob = 1.0 - rates[:, None]
+  keep = jax.random.bernoulli(rng, keep_prob, (len(rates), batch)) / keep_prob
+  bounds = np.cumsum((0,) + tuple(cfg.depths))
+  return [keep[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 class Stage(nnx.Module):
@@ -123,14 +142,15 @@ class Stage(nnx.Module):
     self.blocks = nnx.List([Block(dim, cfg, dtype=dtype, rngs=rngs)
                             for _ in range(cfg.depths[index])])
 
-  def __call__(self, x):
+  def __call__(self, x, keep=None):
+    """`keep` (blocks, B) stochastic-depth scales, or None."""
     if self.downsample is not None:
       norm, conv = self.downsample
       x = conv(norm(x))
     if self.remat:
-      return remat_scan(list(self.blocks), x)
-    for block in self.blocks:
-      x = block(x)
+      return remat_scan(list(self.blocks), x, per_layer=None if keep is None else {"keep": keep})
+    for i, block in enumerate(self.blocks):
+      x = block(x, None if keep is None else keep[i])
     return x
 
 
@@ -178,24 +198,26 @@ class ConvNeXtImageTower(nnx.Module):
     self.trunk = Trunk(cfg, dtype=dtype, remat=remat, rngs=rngs)
     self.head = ProjectionHead(cfg, dtype=dtype, rngs=rngs)
 
-  def features(self, pixels):
+  def features(self, pixels, rng=None):
     """(B, H, W, 3) -> {'stem': (B, H/4, W/4, C0), 'res2'..'res5': stage outputs (B, H/s, W/s, C_s)
     at strides 4, 8, 16, 32, 'clip_vis_dense': res5 after `norm_pre`}, as MAFT+'s
-    `extract_features_convnext`; sides are floor-divided like PyTorch's."""
+    `extract_features_convnext`; sides are floor-divided like PyTorch's. With `rng` (training),
+    stochastic depth at `config.drop_path` as timm's train mode."""
     conv, norm = self.trunk.stem
     # Residual stream in the compute dtype (the LayerNorm returns float32).
     x = norm(conv(pixels)).astype(self.trunk.dtype)
     out = {"stem": x}
+    keeps = stochastic_depth(self.config, rng, pixels.shape[0])
     for i, stage in enumerate(self.trunk.stages):
-      x = stage(x)
+      x = stage(x, keeps[i])
       out[f"res{i + 2}"] = x
     # timm's `norm_pre` is the identity unless head_norm_first (no OpenCLIP ConvNeXt sets it).
     out["clip_vis_dense"] = x
     return out
 
-  def trunk_features(self, pixels):
+  def trunk_features(self, pixels, rng=None):
     """(B, H, W, 3) -> (B, H/32, W/32, C): the dense map MAFT+ pools ('clip_vis_dense')."""
-    return self.features(pixels)["clip_vis_dense"]
+    return self.features(pixels, rng)["clip_vis_dense"]
 
   def image_head(self, x):
     """CLIP head (trunk head LayerNorm, projection) on any (..., C) vectors -> (..., embed_dim):

@@ -74,11 +74,11 @@ class ConvNeXtCLIP(CLIPBase):
   def backbone_channels(self):
     return {f"res{i + 2}": d for i, d in enumerate(self.config.vision.dims)}
 
-  def backbone_features(self, pixels):
-    return self.visual.features(pixels)
+  def backbone_features(self, pixels, rng=None):
+    return self.visual.features(pixels, rng)
 
-  def trunk_features(self, pixels):
-    return self.visual.trunk_features(pixels)
+  def trunk_features(self, pixels, rng=None):
+    return self.visual.trunk_features(pixels, rng)
 
   def image_and_dense_features(self, pixels):
     """Global average pool (OpenCLIP `encode_image`) and every position through the head."""
