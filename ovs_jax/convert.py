@@ -2,6 +2,8 @@
 
   # HF directory / OpenCLIP ViT or ConvNeXt state dict or hub directory / our directory  ->  HF CLIP directory
   python -m ovs_jax.convert clip --src=open_clip_model.safetensors --hidden_act=gelu --out=clip_hf/
+  # OpenAI's RN50 / RN101 as OpenCLIP state dicts (no HF layout: --to=openclip or --to=ours)
+  python -m ovs_jax.convert clip --src=RN50.pt --arch=RN50-quickgelu --to=ours --out=rn50/
   # an OpenCLIP model whose heads a state dict cannot tell: name it (or give its open_clip_config.json)
   python -m ovs_jax.convert clip --src=vit_h14.bin --arch=ViT-H-14 --to=openclip --out=vit_h14/
   # ... -> our format (config.json + orbax params/), read by every config's `clip.weights`
@@ -27,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from absl import app, flags
 
+from ovs_jax.cli import guard
 from ovs_jax.interchange import torch_state
 from ovs_jax.interchange.clip_weights import load_clip, save_hf_clip, save_openclip, save_orbax_clip
 from ovs_jax.models.clip_family import describe
@@ -35,8 +38,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "source: HF CLIP dir, OpenCLIP state dict or hub dir, or our dir")
 flags.DEFINE_string("out", None, "output directory")
 flags.DEFINE_enum("to", "hf", ["hf", "ours", "openclip"], "output format")
-flags.DEFINE_string("arch", None, "OpenCLIP sources: model name (ViT-H-14, convnext_base_w_320, ...) "
-                    "or open_clip_config.json; needed where the shapes do not identify the model")
+flags.DEFINE_string("arch", None, "OpenCLIP sources: model name (ViT-H-14, convnext_base_w_320, "
+                    "RN50-quickgelu, ...) or open_clip_config.json; needed where the shapes do not "
+                    "identify the model")
 flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16", "float16"], "output dtype")
 flags.DEFINE_string("checkpoint", None, "to-torch: training workdir, WORKDIR/STEP or WORKDIR/checkpoints/STEP")
@@ -117,4 +121,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(guard(main))

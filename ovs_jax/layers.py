@@ -51,13 +51,19 @@ def param(init, shape, names, *, rngs, param_dtype=jnp.float32):
   return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, param_dtype))
 
 
+class BatchCount(nnx.Variable):
+  """PyTorch BatchNorm's `num_batches_tracked` step counter (int32 here, int64 in PyTorch)."""
+
+
 class FrozenBatchNorm(nnx.Module):
   """BatchNorm in eval mode over the last axis (detectron2's `FrozenBatchNorm2d`):
   y = (x - mean) * scale / sqrt(var + eps) + bias, computed in float32, returned in `dtype`.
 
   `scale` and `bias` are nnx.Params; the running `mean` and `var` are nnx.BatchStats, which no step
   re-estimates and no optimizer sees (the trainer trains nnx.Params only). They travel as PyTorch's
-  `weight`, `bias`, `running_mean`, `running_var` (interchange.clip_keys).
+  `weight`, `bias`, `running_mean`, `running_var` (interchange.clip_keys). `num_batches_tracked`
+  (a BatchCount) is read by nothing: it is kept so that a PyTorch state dict round-trips with its
+  keys and values.
   """
 
   def __init__(self, d, *, dtype, param_dtype=jnp.float32, rngs, eps=1e-5, scale_init=ones):
@@ -65,6 +71,7 @@ class FrozenBatchNorm(nnx.Module):
     self.bias = param(zeros, (d,), ('norm',), rngs=rngs, param_dtype=param_dtype)
     self.mean = nnx.BatchStat(jnp.zeros((d,), param_dtype), out_sharding=('norm',))
     self.var = nnx.BatchStat(jnp.ones((d,), param_dtype), out_sharding=('norm',))
+    self.num_batches_tracked = BatchCount(jnp.zeros((), jnp.int32), out_sharding=())
     self.eps, self.dtype = eps, dtype
 
   def __call__(self, x):

@@ -30,6 +30,21 @@ def random_hf_clip(cfg, seed=0):
   return model
 
 
+def random_text_tower(width=128, heads=2, layers=2, proj=None, act="gelu", seed=0):
+  """A random transformers CLIP text tower with projection (an OpenCLIP text config: mlp_ratio 4,
+  eos 49407) and its OpenCLIP-named state dict."""
+  torch.manual_seed(seed)
+  cfg = transformers.CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                                    num_attention_heads=heads, hidden_act=act, projection_dim=proj,
+                                    eos_token_id=49407)
+  model = transformers.CLIPTextModelWithProjection(cfg).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.add_(0.05 * torch.randn_like(p))
+  return model, to_openclip_names(model.state_dict())
+
+
 def ours_from_hf(hf_model, **model_kw):
   cfg = clip_config.from_hf_dict(hf_model.config.to_dict())
   model = abstract_clip(cfg, **model_kw)

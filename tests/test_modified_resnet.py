@@ -283,14 +283,17 @@ def test_bfloat16_compute_keeps_float32_params_and_statistics():
   assert dtypes == {jnp.dtype("float32")}
 
 
-def test_state_dict_round_trip_is_bit_identical_and_ignores_step_counters():
+def test_state_dict_round_trip_is_bit_identical_with_step_counters():
   sd = random_state_dict(SMALL)
   model = loaded(SMALL, sd)
   back = export_state_dict(model)
-  want = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-  assert sorted(back) == sorted(want)
-  for k, v in want.items():
+  assert sorted(back) == sorted(sd)
+  for k, v in sd.items():  # step counters included, as PyTorch's int64
     assert back[k].dtype == v.dtype and np.array_equal(back[k], v), k
+  # A file without step counters loads (PyTorch's BatchNorm fills them with 0, as we do).
+  counters = [k for k in sd if k.endswith("num_batches_tracked")]
+  back = export_state_dict(loaded(SMALL, {k: v for k, v in sd.items() if k not in counters}))
+  assert all(back[k] == 0 for k in counters)
   keys = key_map(model)
   assert keys["layer2.0.downsample.1.running_var"] == {"path": "layer2/0/downsample/1/var",
                                                       "layout": "rename"}

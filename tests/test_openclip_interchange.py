@@ -15,12 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import transformers
 from flax import nnx
 from safetensors.numpy import save_file
 
-from clip_helpers import (nhwc, openclip_config_of, random_hf_clip, random_inputs, small_hf_config,
-                          to_openclip_names)
+from clip_helpers import (nhwc, openclip_config_of, random_hf_clip, random_inputs, random_text_tower,
+                          small_hf_config, to_openclip_names)
 from ovs_jax.interchange import openclip, state_dict_io
 from ovs_jax.interchange.clip_weights import load_clip, save_openclip
 from ovs_jax.interchange.errors import CheckpointError
@@ -31,29 +30,12 @@ from test_convnext import reference as convnext_reference
 TINY_CONVNEXT = clip_family.get_arch("convnext_tiny")
 
 
-def _text_reference(width=128, heads=2, layers=2, proj=None, seed=0):
-  """A random transformers CLIP text tower with projection, OpenCLIP's text config."""
-  torch.manual_seed(seed)
-  cfg = transformers.CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
-                                    num_attention_heads=heads, hidden_act="gelu", projection_dim=proj,
-                                    eos_token_id=49407)
-  model = transformers.CLIPTextModelWithProjection(cfg).eval()
-  with torch.no_grad():
-    for name, p in model.named_parameters():
-      if name.endswith("bias") or "norm" in name:
-        p.add_(0.05 * torch.randn_like(p))
-  return model
-
-
 def _convnext_openclip_dir(tmp_path, head="mlp"):
   """An OpenCLIP hub-style directory of a small ConvNeXt CLIP and its two references."""
   tmp_path.mkdir(parents=True, exist_ok=True)
   vision = dataclasses.replace(TINY_CONVNEXT.vision, dims=(96, 192, 384, 768), depths=(1, 1, 2, 1),
                                head=head, mlp_hidden=2 * 96 if head == "mlp" else None, embed_dim=96)
-  text = _text_reference(proj=96)
-  hf_text = {("text_model." + k if not k.startswith("text_") else k): v
-             for k, v in text.state_dict().items()}
-  sd = to_openclip_names({k: v for k, v in hf_text.items() if not k.endswith("position_ids")})
+  text, sd = random_text_tower(proj=96)
   sd |= {f"visual.{k}": v for k, v in convnext_state_dict(vision).items()}
   sd["logit_scale"] = np.asarray(2.0, np.float32)
   save_file(sd, str(tmp_path / "open_clip_model.safetensors"))

@@ -15,8 +15,10 @@ import re
 import numpy as np
 
 
-# HF buffers that are not parameters and may appear in older checkpoints.
-IGNORED_HF_KEYS = re.compile(r".*(position_ids|attn_mask)$")
+# Buffers that are not parameters: HF's in older checkpoints; OpenAI's TorchScript CLIP state dicts
+# carry three model hyper-parameters (OpenCLIP's `build_model_from_openai_state_dict` drops them).
+IGNORED_HF_KEYS = re.compile(
+    r".*(position_ids|attn_mask)$|input_resolution|context_length|vocab_size")
 
 
 def to_torch_layout(path: tuple[str, ...], value: np.ndarray) -> tuple[str, np.ndarray]:
@@ -78,13 +80,19 @@ def _rename(name: str, reverse: bool) -> str:
 
 def openclip_to_hf(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """OpenCLIP names -> ours: HF CLIP names for the text tower and a ViT image tower (q/k/v split,
-  projections transposed); a timm trunk's `visual.trunk.*` / `visual.head.*` keys are kept."""
+  projections transposed); any other image tower's `visual.*` keys (a timm ConvNeXt's
+  `visual.trunk.*` / `visual.head.*`, a ModifiedResNet's `visual.conv1.*`, `visual.layer1.*`, ...)
+  are ours as they are. A ViT is told by its `visual.class_embedding`."""
   out = {}
+  vit = "visual.class_embedding" in sd
   for k, v in sd.items():
     if k in _PROJECTIONS:
       out[_PROJECTIONS[k]] = v.T
       continue
-    name = k if k.startswith(("visual.trunk.", "visual.head.")) else _rename(k, reverse=False)
+    if k.startswith("visual.") and not vit:
+      out[k] = v
+      continue
+    name = _rename(k, reverse=False)
     m = re.match(r"(.*)\.attn\.in_proj_(weight|bias)$", name)
     if m:
       for proj, part in zip("qkv", np.split(v, 3, axis=0)):
@@ -106,7 +114,8 @@ def hf_to_openclip(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if m:
       qkv.setdefault((m[1], m[3]), {})[m[2]] = v
       continue
-    out[k if k.startswith(("visual.trunk.", "visual.head.")) else _rename(k, reverse=True)] = v
+    # A ViT's image tower is `vision_model.*` here: every `visual.*` key is another tower's.
+    out[k if k.startswith("visual.") else _rename(k, reverse=True)] = v
   for (prefix, kind), parts in qkv.items():
     out[_rename(f"{prefix}.attn.in_proj_{kind}", reverse=True)] = np.concatenate(
         [parts["q"], parts["k"], parts["v"]], axis=0)

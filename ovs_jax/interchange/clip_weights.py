@@ -3,7 +3,8 @@
 Sources (`load_clip(path)`):
   * an HF CLIP directory (`config.json` + `model.safetensors` / `pytorch_model.bin` / sharded index);
   * an OpenCLIP state dict file (`.safetensors`, `.bin`, `.pt`) or hub directory (`open_clip_config.json`
-    + `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`), ViT or ConvNeXt: the architecture
+    + `open_clip_model.safetensors` / `open_clip_pytorch_model.bin`), ViT, ConvNeXt or ModifiedResNet
+    (RN50, RN101; BatchNorm running statistics and step counters included): the architecture
     from `arch` (OpenCLIP model name or config JSON), the directory's config, or the shapes when they
     match one known model (`interchange/openclip.py`); activation given by `hidden_act` where the
     config does not say (OpenAI-pretrained weights: 'quick_gelu'; LAION: 'gelu');
@@ -49,7 +50,7 @@ def with_activation(cfg, hidden_act: str | None):
 def _openclip_source(path: Path, sd, hidden_act, arch):
   """(config, our-named state dict) of an OpenCLIP state dict."""
   side_config = (path if path.is_dir() else path.parent) / openclip.CONFIG_FILE
-  if arch in clip_family.CONVNEXT_PRESETS:  # our own ConvNeXt CLIP sizes (e.g. the demo's)
+  if arch in clip_family.OPENCLIP_PRESETS:  # our ConvNeXt/ResNet CLIP sizes (e.g. the demo's)
     cfg = clip_family.get_arch(arch)
   elif arch:
     cfg = openclip.config_from_openclip(openclip.read_model_config(arch), str(arch))

@@ -33,7 +33,16 @@ def _read_torch(path: Path) -> dict[str, np.ndarray]:
   except ImportError as e:
     raise CheckpointError(f"{path}: reading PyTorch .bin/.pt files needs torch "
                           "(pip install 'ovs_jax[torch]'), or convert it to .safetensors") from e
-  obj = torch.load(str(path), map_location="cpu", weights_only=True)
+  try:
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+  except RuntimeError as e:
+    if "TorchScript" not in str(e):
+      raise
+    raise CheckpointError(
+        f"{path}: a TorchScript archive (as OpenAI's CLIP downloads, e.g. RN50.pt), which holds "
+        "code and is not read here. Use OpenCLIP's copy of the weights (open_clip_pytorch_model.bin"
+        " on the hub), or, for a file you trust, save its state dict once: "
+        "safetensors.torch.save_file(torch.jit.load(PATH).state_dict(), 'clip.safetensors')") from e
   for wrapper in ("state_dict", "model"):  # Lightning-style, detectron2 ({'model': ..., 'iteration': ...})
     if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
       obj = obj[wrapper]

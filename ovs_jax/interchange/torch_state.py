@@ -1,6 +1,7 @@
 """Any NNX model <-> a flat PyTorch-layout state dict, with strict key and shape checks.
 
-Covers every nnx.Param and nnx.BatchStat (BatchNorm running statistics). Names follow the module
+Covers every nnx.Param, nnx.BatchStat (BatchNorm running statistics) and BatchNorm step counter
+(`layers.BatchCount`, a PyTorch int64 `num_batches_tracked`). Names follow the module
 attribute paths (which mirror PyTorch's) and layouts follow `clip_keys.to_torch_layout`. Scanned
 stacks (a `layers` node whose children are not indices) are written as separate `layers.{i}`
 entries, so scan-over-layers is invisible outside JAX.
@@ -15,11 +16,13 @@ from flax import nnx
 
 from ovs_jax.interchange.clip_keys import from_torch_layout, to_torch_layout, torch_name
 from ovs_jax.interchange.errors import CheckpointError
+from ovs_jax.layers import BatchCount
 
 _MAX_LISTED = 8
-_EXCHANGED = (nnx.Param, nnx.BatchStat)  # what a PyTorch state dict holds
-# BatchNorm's step counter: a PyTorch buffer that eval-mode BatchNorm never reads.
-_IGNORED_KEYS = re.compile(r".*num_batches_tracked")
+_EXCHANGED = (nnx.Param, nnx.BatchStat, BatchCount)  # what a PyTorch state dict holds
+# BatchNorm's step counter, which eval-mode BatchNorm never reads: ignored where the model has none,
+# and 0 where the file has none (PyTorch's BatchNorm._load_from_state_dict does the same).
+_COUNTER_KEYS = re.compile(r".*num_batches_tracked")
 
 
 def _param_leaves(model) -> tuple[dict, list[tuple[tuple[str, ...], object]]]:
@@ -41,7 +44,8 @@ def export_state_dict(model, dtype=np.float32) -> dict[str, np.ndarray]:
   """Every parameter and batch statistic of `model` as {pytorch_name: array in PyTorch layout}."""
   out = {}
   for path, value in _param_leaves(model)[1]:
-    value = np.asarray(jax.device_get(value)).astype(dtype)
+    value = np.asarray(jax.device_get(value))
+    value = value.astype(np.int64 if np.issubdtype(value.dtype, np.integer) else dtype)  # torch.long
     s = _stacked_at(path)
     parts = ([(path, value)] if s is None else
              [(path[:s + 1] + (str(i),) + path[s + 1:], v) for i, v in enumerate(value)])
@@ -61,8 +65,8 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
   """Load a PyTorch-layout state dict into `model` in place.
 
   Raises CheckpointError listing missing keys, unexpected keys and shape mismatches (expected
-  PyTorch shapes), naming `source`. Keys matching the regex `ignore` are skipped, and so are
-  BatchNorm `num_batches_tracked` counters.
+  PyTorch shapes), naming `source`. Keys matching the regex `ignore` are skipped; BatchNorm
+  `num_batches_tracked` counters may be absent (0) or extra.
   """
   pure, leaves = _param_leaves(model)
   problems, used, values = [], set(), []
@@ -74,6 +78,9 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
     for i in range(n):
       p = path if s is None else path[:s + 1] + (str(i),) + path[s + 1:]
       name, want = to_torch_layout(p, np.zeros(one_shape, np.float32))
+      if name not in sd and _COUNTER_KEYS.fullmatch(name):
+        parts.append(np.zeros(one_shape, like.dtype))
+        continue
       if name not in sd:
         problems.append(f"missing key {name!r} (expected shape {tuple(want.shape)})")
         continue
@@ -85,7 +92,7 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
       parts.append(from_torch_layout(p, got).astype(like.dtype))
     if len(parts) == n:
       values.append(parts[0] if s is None else np.stack(parts))
-  extra = sorted(k for k in sd if k not in used and not _IGNORED_KEYS.fullmatch(k)
+  extra = sorted(k for k in sd if k not in used and not _COUNTER_KEYS.fullmatch(k)
                  and not (ignore and re.fullmatch(ignore, k)))
   problems += [f"unexpected key {k!r}" for k in extra]
   if problems:

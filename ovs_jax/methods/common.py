@@ -46,6 +46,6 @@ def clip_from_config(config, architecture: dict | None = None) -> CLIPBase:
         f"config.clip.weights={c.weights}: not found. Download CLIP weights on a machine with "
         "internet (e.g. `huggingface-cli download openai/clip-vit-base-patch16 --local-dir DIR`) "
         "or convert OpenCLIP weights with `python -m ovs_jax.convert clip --src=FILE --out=DIR`")
-  arch = c.arch if (c.arch in openclip.known_configs() or c.arch in clip_family.CONVNEXT_PRESETS
+  arch = c.arch if (c.arch in openclip.known_configs() or c.arch in clip_family.OPENCLIP_PRESETS
                     or str(c.arch).endswith(".json")) else None
   return load_clip(c.weights, hidden_act=c.get("hidden_act") or None, arch=arch, **kw)

@@ -1,7 +1,9 @@
 """MaskCLIP (Zhou et al. 2022): training-free dense classification with a frozen CLIP.
 
-Each patch's MaskCLIP feature (last block's value path, CLIP head) is compared by cosine with the
-text classifier; a class's score is the max over its synonyms; scores are upsampled to the image.
+Each patch's MaskCLIP feature (a ViT: the last block's value path, then the CLIP head; a CLIP
+ResNet: each res5 pixel through the attention pool's value and output projections) is compared by
+cosine with the text classifier; a class's score is the max over its synonyms; scores are upsampled
+to the image.
 The baseline every method is compared with, and the second implementation of the method contract.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ovs_jax.methods.base import Method
-from ovs_jax.models.clip import CLIP, l2_normalize
+from ovs_jax.models.clip import l2_normalize
 from ovs_jax.ops.resize import resize
 from ovs_jax.text_classifier import build_text_classifier, max_over_synonyms
 
@@ -42,19 +44,21 @@ def maskclip_model(clip, vocabulary: list[list[str]], *, templates, cache_dir=No
 
   params = (state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index))
   return SegmentationModel(name, apply, params, [v[0] for v in vocabulary],
-                           input_multiple=clip.config.vision.patch_size)
+                           input_multiple=clip.dense_stride)
 
 
 def clip_from_spec(spec: str, hidden_act: str | None = None, seed: int = 0):
-  """`random:<arch>` -> randomly initialised preset (pipeline checks); `demo:<arch>` -> the preset
+  """`random:<arch>` -> randomly initialised preset of `models/clip_family` (pipeline checks: vit_b16,
+  RN50, resnet_tiny, ...); `demo:<arch>` -> the preset
   pre-trained on the demo dataset (`ovs_jax.demo_clip`); else `load_clip(spec)`."""
   from ovs_jax.interchange.clip_weights import load_clip
   if spec.startswith("demo:"):
     from ovs_jax.demo_clip import demo_clip_dir
     return load_clip(demo_clip_dir(arch=spec.removeprefix("demo:"), seed=seed))
   if spec.startswith("random:"):
-    from ovs_jax.models.clip_config import get_preset
-    return CLIP(get_preset(spec.removeprefix("random:")), rngs=nnx.Rngs(seed))
+    from ovs_jax.models import clip_family
+    return clip_family.build_clip(clip_family.get_arch(spec.removeprefix("random:")),
+                                  rngs=nnx.Rngs(seed))
   return load_clip(spec, hidden_act=hidden_act)
 
 
@@ -67,8 +71,8 @@ class MaskCLIP(Method):
     return clip_from_config(config, architecture)
 
   def architecture(self, model):
-    from ovs_jax.models import clip_config
-    return {"clip": clip_config.to_hf_dict(model.config)}
+    from ovs_jax.models import clip_family
+    return {"clip": clip_family.to_record(model.config)}
 
   def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
                          train_vocabulary=None, name=None):
