@@ -24,7 +24,7 @@ RNG = np.random.default_rng(0)
 
 @pytest.fixture(scope="module")
 def model():
-  m = maft_plus.METHOD.build_model(tiny_config(model__dtype="float32"))
+  m = maft_plus.METHOD.build_model(tiny_config(model__dtype="float32", model__cdt_dense="official"))
   # The student moves away from the teacher (as after training) so RC has a gradient.
   vision = nnx.state(m.clip.vision_model, nnx.Param)
   keys = iter(jax.random.split(jax.random.PRNGKey(3), len(jax.tree.leaves(vision))))
