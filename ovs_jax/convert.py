@@ -95,25 +95,22 @@ def main(argv):
     print(f"wrote {out}: model.safetensors, key_map.json, config.json, clip/"
           + (", text_classifier.safetensors" if FLAGS.text_classifier else ""))
     return
-  if command == "from-official":
+  if command in ("from-torch", "from-official"):  # source file/dir -> a new workdir
     workdir = FLAGS.workdir or FLAGS.out
     if not FLAGS.src or not workdir:
-      raise app.UsageError("from-official needs --src and --workdir\n" + USAGE)
-    from ovs_jax.torch_export.official import from_official
-    print(f"wrote {from_official(FLAGS.src, workdir, recipe=FLAGS.recipe)}")
+      raise app.UsageError(f"{command} needs --src and --workdir\n" + USAGE)
+    if command == "from-torch":
+      from ovs_jax.torch_export.checkpoint import from_torch
+      print(f"wrote {from_torch(FLAGS.src, workdir)}")
+    else:
+      from ovs_jax.torch_export.official import from_official
+      print(f"wrote {from_official(FLAGS.src, workdir, recipe=FLAGS.recipe)}")
     return
   if command == "to-official":
     if not FLAGS.checkpoint or not FLAGS.out:
       raise app.UsageError("to-official needs --checkpoint and --out\n" + USAGE)
     from ovs_jax.torch_export.official import to_official
     print(f"wrote {to_official(FLAGS.checkpoint, FLAGS.out)}")
-    return
-  if command == "from-torch":
-    workdir = FLAGS.workdir or FLAGS.out
-    if not FLAGS.src or not workdir:
-      raise app.UsageError("from-torch needs --src and --workdir\n" + USAGE)
-    from ovs_jax.torch_export.checkpoint import from_torch
-    print(f"wrote {from_torch(FLAGS.src, workdir)}")
     return
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError("--src and --out are required")
