@@ -100,13 +100,18 @@ def test_export_is_the_imported_state_dict_with_step_counters(tmp_path):
 
 
 def test_shapes_alone_name_a_known_model_or_are_refused(tmp_path, monkeypatch):
-  openclip_resnet(tmp_path)
+  sd, _, _ = openclip_resnet(tmp_path)
   (tmp_path / "open_clip_config.json").unlink()
   with pytest.raises(CheckpointError, match=r"match no OpenCLIP model we know.*--arch"):
     load_clip(tmp_path / "open_clip_model.safetensors")
   known = {**openclip.known_configs(), "RN-test": openclip_config("gelu")}
   monkeypatch.setattr(openclip, "known_configs", lambda: known)
-  assert load_clip(tmp_path / "open_clip_model.safetensors").config.vision == TOWER
+  # OpenAI's state dicts also hold three hyper-parameters, which OpenCLIP drops as we do.
+  sd |= {k: np.array(v, np.int64) for k, v in
+         {"input_resolution": 64, "context_length": 77, "vocab_size": 49408}.items()}
+  save_file(sd, str(tmp_path / "openai_layout.safetensors"))
+  for name in ("open_clip_model.safetensors", "openai_layout.safetensors"):
+    assert load_clip(tmp_path / name).config.vision == TOWER
 
 
 # open_clip docs/model_profile.csv, column mparams (whole model, millions, 2 decimals).
