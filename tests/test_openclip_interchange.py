@@ -146,3 +146,23 @@ def test_full_size_models_from_openclip_configs_have_openclip_parameter_counts(n
   assert round(count / 1e6, 2) == OPENCLIP_MPARAMS[name]
   if name == "ViT-H-14":
     assert cfg.vision.num_attention_heads == 16 and cfg.vision.head_dim == 80
+
+
+def test_timm_layout_convnext_trunk_loads_into_the_tower(tmp_path):
+  """timm's own ConvNeXt checkpoints name the trunk without OpenCLIP's `visual.trunk.` prefix and
+  carry an ImageNet classifier `head.fc`."""
+  from ovs_jax.interchange import torch_state
+  from ovs_jax.models.convnext import ConvNeXtImageTower
+  vision = dataclasses.replace(TINY_CONVNEXT.vision, head="linear", mlp_hidden=None)
+  openclip_sd = convnext_state_dict(vision)
+  timm_sd = {k[len("trunk."):]: v for k, v in openclip_sd.items() if k.startswith("trunk.")}
+  timm_sd |= {"head.fc.weight": np.zeros((1000, vision.dims[-1]), np.float32),
+              "head.fc.bias": np.zeros(1000, np.float32)}
+  tower = nnx.eval_shape(lambda: ConvNeXtImageTower(vision, rngs=nnx.Rngs(0)))
+  torch_state.import_state_dict(tower, openclip.from_timm_convnext(timm_sd) | {
+      k: v for k, v in openclip_sd.items() if k.startswith("head.")}, source="timm")
+  back = torch_state.export_state_dict(tower)
+  assert all(np.array_equal(back[k], v) for k, v in openclip_sd.items())
+  save_file(timm_sd, str(tmp_path / "timm_convnext.safetensors"))
+  with pytest.raises(CheckpointError, match="timm ConvNeXt trunk alone is not a CLIP"):
+    load_clip(tmp_path / "timm_convnext.safetensors")

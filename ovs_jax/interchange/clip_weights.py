@@ -92,6 +92,10 @@ def read_clip_source(path: str | Path, hidden_act: str | None = None, arch: str 
     return _openclip_source(path, sd, hidden_act, arch)
   if "vision_model.embeddings.patch_embedding.weight" in sd:
     raise CheckpointError(f"{path}: HF-named CLIP weights need their config.json; pass the directory")
+  if "stem.0.weight" in sd and any(k.startswith("stages.") for k in sd):
+    raise CheckpointError(f"{path}: a timm ConvNeXt trunk alone is not a CLIP (no text tower or CLIP "
+                          "head); load it into an image tower with "
+                          "`interchange.openclip.from_timm_convnext`")
   raise CheckpointError(f"{path}: unknown architecture: neither HF CLIP nor OpenCLIP keys "
                         f"(first keys: {sorted(sd)[:3]})")
 

@@ -220,3 +220,12 @@ def infer_config(sd: dict[str, np.ndarray], source: str):
         + f"; pass the model's name or config: --arch=<OpenCLIP name, e.g. ViT-H-14> or "
         f"--arch=PATH/{CONFIG_FILE} (hub directories ship one)")
   return config_from_openclip(known_configs()[names[0]], names[0])
+
+
+def from_timm_convnext(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """A timm ConvNeXt state dict (`stem.0.weight`, `stages.2.blocks.5.mlp.fc1.weight`, `head.norm`,
+  `head.fc` of a classifier) -> the `trunk.*` names of `models.convnext.ConvNeXtImageTower`; the
+  ImageNet classifier `head.fc` is dropped (OpenCLIP's `reset_classifier(0)`)."""
+  if "stem.0.weight" not in sd or not any(k.startswith("stages.") for k in sd):
+    raise CheckpointError("not a timm ConvNeXt state dict: keys 'stem.0.weight' and 'stages.*' expected")
+  return {f"trunk.{k}": v for k, v in sd.items() if not k.startswith("head.fc.")}
