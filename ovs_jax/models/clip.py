@@ -255,6 +255,24 @@ class CLIPBase(nnx.Module):
     return jnp.exp(self.logit_scale[...]) * img @ txt.T
 
 
+class OpenCLIPConvCLIP(CLIPBase):
+  """OpenCLIP's `CLIP` with a convolutional image tower (`tower`, a class) at `visual`, under
+  OpenCLIP's names, and a stride-32 dense map; the text tower as every CLIP here."""
+  tower: type
+  dense_stride = 32
+
+  def __init__(self, cfg, *, dtype=jnp.float32, scan: bool = False, remat: bool = False,
+               rngs: nnx.Rngs):
+    self.config = cfg
+    self.visual = self.tower(cfg.vision, dtype=dtype, remat=remat, rngs=rngs)
+    self._init_text(cfg.text, cfg.projection_dim, cfg.logit_scale_init_value, dtype=dtype,
+                    scan=scan, remat=remat, rngs=rngs)
+
+  @property
+  def image_tower(self):
+    return self.visual
+
+
 class CLIP(CLIPBase):
   """HF `CLIPModel` (ViT image tower): both towers, their projections and the logit scale."""
 

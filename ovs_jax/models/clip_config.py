@@ -36,6 +36,13 @@ class TowerConfig:
     return self.hidden_size // self.num_attention_heads
 
 
+def openclip_text_tower(width: int, heads: int, layers: int, act: str = "gelu", context: int = 77,
+                        vocab: int = 49408) -> TowerConfig:
+  """An OpenCLIP text tower (`text_cfg`: width, heads, layers, mlp_ratio 4, eps 1e-5)."""
+  return TowerConfig(width, 4 * width, layers, heads, act, vocab_size=vocab,
+                     max_position_embeddings=context, eos_token_id=vocab - 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
   vision: TowerConfig

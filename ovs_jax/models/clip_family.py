@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from flax import nnx
@@ -54,7 +55,9 @@ def abstract_clip(cfg, **model_kw) -> CLIPBase:
 def to_record(cfg) -> dict[str, Any]:
   """JSON-able record of a config (an HF config.json for ViTs)."""
   family = _family(cfg)
-  return family[2].to_dict(cfg) if family else clip_config.to_hf_dict(cfg)
+  if family is None:
+    return clip_config.to_hf_dict(cfg)
+  return dict(dataclasses.asdict(cfg), model_type=family[2].MODEL_TYPE)
 
 
 def from_record(d: dict[str, Any]):

@@ -12,11 +12,10 @@ import dataclasses
 from typing import Any
 
 import jax.numpy as jnp
-from flax import nnx
 
 from ovs_jax.models import convnext
-from ovs_jax.models.clip import CLIPBase
-from ovs_jax.models.clip_config import TowerConfig
+from ovs_jax.models.clip import OpenCLIPConvCLIP
+from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower
 from ovs_jax.models.convnext import ConvNeXtConfig, ConvNeXtImageTower
 
 MODEL_TYPE = "openclip_convnext"
@@ -30,41 +29,22 @@ class ConvNeXtCLIPConfig:
   logit_scale_init_value: float = 2.6592
 
 
-def text_tower(width: int, heads: int, layers: int, act: str = "gelu", context: int = 77,
-               vocab: int = 49408) -> TowerConfig:
-  """An OpenCLIP text tower (`text_cfg`: width, heads, layers, mlp_ratio 4, eps 1e-5)."""
-  return TowerConfig(width, 4 * width, layers, heads, act, vocab_size=vocab,
-                     max_position_embeddings=context, eos_token_id=vocab - 1)
-
-
 PRESETS: dict[str, ConvNeXtCLIPConfig] = {
     # OpenCLIP model_configs/convnext_base_w_320.json (MAFT+ Base).
     "convnext_base_w_320": ConvNeXtCLIPConfig(convnext.PRESETS["convnext_base_w_320"],
-                                              text_tower(640, 10, 12), 640),
+                                              openclip_text_tower(640, 10, 12), 640),
     # OpenCLIP model_configs/convnext_large_d_320.json (MAFT+ Large).
     "convnext_large_d_320": ConvNeXtCLIPConfig(convnext.PRESETS["convnext_large_d_320"],
-                                               text_tower(768, 12, 16), 768),
+                                               openclip_text_tower(768, 12, 16), 768),
     # For tests and the CPU demo.
     "convnext_tiny": ConvNeXtCLIPConfig(dataclasses.replace(convnext.PRESETS["tiny"], embed_dim=128),
-                                        text_tower(128, 2, 4), 128),
+                                        openclip_text_tower(128, 2, 4), 128),
 }
 
 
-class ConvNeXtCLIP(CLIPBase):
+class ConvNeXtCLIP(OpenCLIPConvCLIP):
   """OpenCLIP `CLIP` with a timm ConvNeXt image tower (`model.visual`)."""
-
-  def __init__(self, cfg: ConvNeXtCLIPConfig, *, dtype=jnp.float32, scan: bool = False,
-               remat: bool = False, rngs: nnx.Rngs):
-    self.config = cfg
-    self.visual = ConvNeXtImageTower(cfg.vision, dtype=dtype, remat=remat, rngs=rngs)
-    self._init_text(cfg.text, cfg.projection_dim, cfg.logit_scale_init_value, dtype=dtype,
-                    scan=scan, remat=remat, rngs=rngs)
-
-  @property
-  def image_tower(self):
-    return self.visual
-
-  dense_stride = 32
+  tower = ConvNeXtImageTower
 
   def image_head(self, features):
     """Trunk head LayerNorm then the OpenCLIP projection, on any (..., C) vectors (MAFT+'s
@@ -88,13 +68,6 @@ class ConvNeXtCLIP(CLIPBase):
 
   def get_image_features(self, pixels):
     return self.visual(pixels)
-
-
-def to_dict(cfg: ConvNeXtCLIPConfig) -> dict[str, Any]:
-  """JSON-able record (`config.json`, checkpoints' architecture)."""
-  d = dataclasses.asdict(cfg)
-  d["model_type"] = MODEL_TYPE
-  return d
 
 
 def from_dict(d: dict[str, Any]) -> ConvNeXtCLIPConfig:

@@ -18,13 +18,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
-from flax import nnx
-
 from ovs_jax.models import modified_resnet
-from ovs_jax.models.clip import CLIPBase
-from ovs_jax.models.clip_config import TowerConfig
-from ovs_jax.models.convnext_clip import text_tower
+from ovs_jax.models.clip import OpenCLIPConvCLIP
+from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower
 from ovs_jax.models.modified_resnet import ModifiedResNetConfig, ModifiedResNetImageTower
 
 MODEL_TYPE = "openclip_resnet"
@@ -44,7 +40,7 @@ class ResNetCLIPConfig:
 
 
 def _openclip(vision: ModifiedResNetConfig, act: str = "gelu") -> ResNetCLIPConfig:
-  return ResNetCLIPConfig(vision, text_tower(512, 8, 12, act), vision.embed_dim)
+  return ResNetCLIPConfig(vision, openclip_text_tower(512, 8, 12, act), vision.embed_dim)
 
 
 PRESETS: dict[str, ResNetCLIPConfig] = {
@@ -53,25 +49,14 @@ PRESETS: dict[str, ResNetCLIPConfig] = {
     "RN50-quickgelu": _openclip(modified_resnet.PRESETS["RN50"], "quick_gelu"),
     "RN101-quickgelu": _openclip(modified_resnet.PRESETS["RN101"], "quick_gelu"),
     # For tests and the CPU demo.
-    "resnet_tiny": ResNetCLIPConfig(modified_resnet.PRESETS["tiny"], text_tower(128, 2, 4), 32),
+    "resnet_tiny": ResNetCLIPConfig(modified_resnet.PRESETS["tiny"], openclip_text_tower(128, 2, 4),
+                                    32),
 }
 
 
-class ResNetCLIP(CLIPBase):
+class ResNetCLIP(OpenCLIPConvCLIP):
   """OpenCLIP `CLIP` with a ModifiedResNet image tower (`model.visual`)."""
-
-  def __init__(self, cfg: ResNetCLIPConfig, *, dtype=jnp.float32, scan: bool = False,
-               remat: bool = False, rngs: nnx.Rngs):
-    self.config = cfg
-    self.visual = ModifiedResNetImageTower(cfg.vision, dtype=dtype, remat=remat, rngs=rngs)
-    self._init_text(cfg.text, cfg.projection_dim, cfg.logit_scale_init_value, dtype=dtype,
-                    scan=scan, remat=remat, rngs=rngs)
-
-  @property
-  def image_tower(self):
-    return self.visual
-
-  dense_stride = 32
+  tower = ModifiedResNetImageTower
 
   def image_head(self, features):
     """MaskCLIP's per-vector attention-pool head, c_proj(v_proj(x)), on any (..., 32 * width)
@@ -97,13 +82,6 @@ class ResNetCLIP(CLIPBase):
 
   def get_image_features(self, pixels):
     return self.visual(pixels)
-
-
-def to_dict(cfg: ResNetCLIPConfig) -> dict[str, Any]:
-  """JSON-able record (`config.json`, checkpoints' architecture)."""
-  d = dataclasses.asdict(cfg)
-  d["model_type"] = MODEL_TYPE
-  return d
 
 
 def from_dict(d: dict[str, Any]) -> ResNetCLIPConfig:
