@@ -17,6 +17,7 @@ from flax import nnx
 
 from ovs_jax import layers
 from ovs_jax.layers import linear
+from ovs_jax.ops.depthwise_conv import depthwise_conv2d
 from ovs_jax.ops.remat import remat_scan
 
 _trunc_normal = nnx.initializers.truncated_normal(0.02)  # timm's `_init_weights`
@@ -112,7 +113,10 @@ class Block(nnx.Module):
 
   def __call__(self, x, keep=None):
     """`keep` (B,): stochastic depth's per-sample scale of the branch (0 or 1/(1-p)), or None."""
-    h = self.gamma[...] * self.mlp(self.norm(self.conv_dw(x)))
+    conv = self.conv_dw
+    dtype = conv.dtype or x.dtype
+    h = depthwise_conv2d(x.astype(dtype), conv.kernel[...].astype(dtype), conv.bias[...].astype(dtype))
+    h = self.gamma[...] * self.mlp(self.norm(h))
     if keep is not None:
       h = h * keep[:, None, None, None]
     return x + h.astype(x.dtype)
