@@ -59,3 +59,18 @@ def test_tiny_convnext_recipe_trains_and_evaluates_through_the_command(tmp_path)
                      capture_output=True, text=True, cwd=REPO)
   assert r.returncode == 0, r.stderr[-3000:]
   assert "mIoU" in r.stdout
+
+
+def test_resnet_clips_are_refused_and_maskclip_runs_on_convnext():
+  import jax.numpy as jnp
+  import pytest
+  from ovs_jax.methods.maskclip import maskclip_model
+  config = apply_overrides(recipe_config(REPO / "configs/maft_plus_convnext_b.py", "demo"), CONVNEXT_TINY)
+  config.clip.arch = "resnet_tiny"
+  with pytest.raises(ValueError, match="CLIP ResNet is not supported"):
+    nnx.eval_shape(lambda: METHOD.build_model(config))
+  from ovs_jax.models.clip_family import build_clip, get_arch
+  clip = build_clip(get_arch("convnext_tiny"), rngs=nnx.Rngs(0))
+  seg = maskclip_model(clip, [["cat"], ["sky"]], templates=["a photo of a {}."])
+  scores = jax.jit(seg.apply)(seg.params, jnp.zeros((1, 64, 96, 3)), jnp.ones((1, 64, 96), bool))
+  assert scores.shape == (1, 64, 96, 2) and bool(jnp.isfinite(scores).all())

@@ -54,6 +54,10 @@ class MAFTPlus(nnx.Module):
 
   def __init__(self, clip: CLIPBase, model_config, *, dtype=jnp.float32, rngs: nnx.Rngs):
     c = model_config
+    if type(clip).__name__ == "ResNetCLIP":
+      raise ValueError("MAFT+ on a CLIP ResNet is not supported: the official code builds CDT's map "
+                       "with the ConvNeXt head (`visual_prediction_forward_convnext`) for every "
+                       "backbone; use a ConvNeXt or ViT CLIP (docs/backbones.md)")
     dim = clip.config.projection_dim
     self.clip = clip
     # Frozen copy of the initial image tower, in its own buffers (jit donates the student's).

@@ -57,7 +57,9 @@ class ConvNeXtCLIP(OpenCLIPConvCLIP):
   def backbone_features(self, pixels, rng=None):
     return self.visual.features(pixels, rng)
 
-  def trunk_features(self, pixels, rng=None):
+  def trunk_features(self, pixels, rng=None, *, maskclip: bool = False):
+    """(B, H, W, 3) -> `clip_vis_dense`. `maskclip` changes nothing: a ConvNeXt has no attention
+    pool to bypass, its head applies per pixel as it is (FC-CLIP's / MAFT+'s dense CLIP map)."""
     return self.visual.trunk_features(pixels, rng)
 
   def image_and_dense_features(self, pixels):
