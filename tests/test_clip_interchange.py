@@ -1,6 +1,5 @@
 """Import/export of CLIP weights: HF directories, pytorch_model.bin, OpenCLIP, our format, errors."""
 import json
-import re
 import subprocess
 import sys
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from ovs_jax.interchange import clip_keys
-from ovs_jax.interchange.errors import CheckpointError
+from ovs_jax.interchange.errors import CheckpointError, raise_listed
 
 TABLE = Path(__file__).with_name("maft_plus_official_keys.tsv")
 _SLOTS = {"i": r"\d+", "j": r"\d+", "w": r"weight|bias", "p": r"[qkv]", "rest": r".+"}
-_MAX_LISTED = 8
 
 
 @lru_cache(maxsize=1)
@@ -28,6 +27,7 @@ def rows() -> list[tuple[str, str, str]]:
   return [tuple(ln.split("\t")) for ln in lines[1:]]
 
 
+@lru_cache(maxsize=None)
 def _pattern(template: str) -> re.Pattern:
   parts = re.split(r"\{(\w+)\}", template)
   out = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_SLOTS[p]})" for i, p in enumerate(parts))
@@ -40,11 +40,6 @@ def _match(name: str, side: int):
     if row[side] != "-" and (m := _pattern(row[side]).fullmatch(name)):
       return row, m.groupdict()
   return None, None
-
-
-def _fail(what: str, problems: list[str]):
-  more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
-  raise CheckpointError(f"{what}: " + "; ".join(problems[:_MAX_LISTED]) + more)
 
 
 def to_official(sd: dict[str, np.ndarray], *, num_classes: int, void_weight: float) -> dict[str, np.ndarray]:
@@ -63,7 +58,7 @@ def to_official(sd: dict[str, np.ndarray], *, num_classes: int, void_weight: flo
     else:
       out[row[1].format(**slots)] = value
   if unclaimed:
-    _fail("the official key table has no row for our parameters", [repr(k) for k in unclaimed])
+    raise_listed("the official key table has no row for our parameters", [repr(k) for k in unclaimed])
   for key, parts in qkv.items():
     out[key] = np.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
   for k, v in clip_keys.hf_to_openclip(clip).items():
@@ -93,7 +88,7 @@ def from_official(sd: dict[str, np.ndarray], source: str) -> dict[str, np.ndarra
     else:
       out[row[0].format(**slots)] = value
   if unclaimed:
-    _fail(f"{source}: keys that are not part of an official MAFT+ checkpoint",
+    raise_listed(f"{source}: keys that are not part of an official MAFT+ checkpoint",
           [repr(k) for k in unclaimed])
   out |= {f"clip.{k}": v for k, v in clip_keys.openclip_to_hf(clip).items()}
   if not any(k.startswith("teacher.") for k in out):

@@ -219,7 +219,7 @@ def infer_config(sd: dict[str, np.ndarray], source: str):
         + ("match no OpenCLIP model we know" if not names else f"match several ({names})")
         + f"; pass the model's name or config: --arch=<OpenCLIP name, e.g. ViT-H-14> or "
         f"--arch=PATH/{CONFIG_FILE} (hub directories ship one)")
-  return config_from_openclip(known_configs()[names[0]], names[0])
+  return configs[names[0]]
 
 
 def from_timm_convnext(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -15,10 +15,9 @@ import numpy as np
 from flax import nnx
 
 from ovs_jax.interchange.clip_keys import from_torch_layout, to_torch_layout, torch_name
-from ovs_jax.interchange.errors import CheckpointError
+from ovs_jax.interchange.errors import raise_listed
 from ovs_jax.layers import BatchCount
 
-_MAX_LISTED = 8
 _EXCHANGED = (nnx.Param, nnx.BatchStat, BatchCount)  # what a PyTorch state dict holds
 # BatchNorm's step counter, which eval-mode BatchNorm never reads: ignored where the model has none,
 # and 0 where the file has none (PyTorch's BatchNorm._load_from_state_dict does the same).
@@ -53,11 +52,6 @@ def export_state_dict(model, dtype=np.float32) -> dict[str, np.ndarray]:
       name, v = to_torch_layout(p, v)
       out[name] = np.array(v, order="C")  # (ascontiguousarray would make scalars 1-d)
   return out
-
-
-def _fail(source: str, problems: list[str]):
-  more = f" (and {len(problems) - _MAX_LISTED} more)" if len(problems) > _MAX_LISTED else ""
-  raise CheckpointError(f"{source} does not match the model: " + "; ".join(problems[:_MAX_LISTED]) + more)
 
 
 def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkpoint",
@@ -96,7 +90,7 @@ def import_state_dict(model, sd: dict[str, np.ndarray], *, source: str = "checkp
                  and not (ignore and re.fullmatch(ignore, k)))
   problems += [f"unexpected key {k!r}" for k in extra]
   if problems:
-    _fail(source, problems)
+    raise_listed(f"{source} does not match the model", problems)
   treedef = jax.tree_util.tree_structure(pure)
   new_pure = jax.tree_util.tree_unflatten(treedef, [jax.numpy.asarray(v) for v in values])
   state = nnx.state(model, _EXCHANGED)

@@ -34,6 +34,7 @@ from ovs_jax.losses.representation_compensation import representation_compensati
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
 from ovs_jax.methods.base import Method
 from ovs_jax.models.clip import CLIPBase, l2_normalize
+from ovs_jax.models.resnet_clip import ResNetCLIP
 from ovs_jax.ops.mask_pooling import mask_pool
 from ovs_jax.ops.resize import resize_nchw
 from ovs_jax.text_classifier import max_over_synonyms
@@ -54,7 +55,7 @@ class MAFTPlus(nnx.Module):
 
   def __init__(self, clip: CLIPBase, model_config, *, dtype=jnp.float32, rngs: nnx.Rngs):
     c = model_config
-    if type(clip).__name__ == "ResNetCLIP":
+    if isinstance(clip, ResNetCLIP):
       raise ValueError("MAFT+ on a CLIP ResNet is not supported: the official code builds CDT's map "
                        "with the ConvNeXt head (`visual_prediction_forward_convnext`) for every "
                        "backbone; use a ConvNeXt or ViT CLIP (docs/backbones.md)")

@@ -272,6 +272,17 @@ class OpenCLIPConvCLIP(CLIPBase):
   def image_tower(self):
     return self.visual
 
+  def backbone_features(self, pixels, rng=None):
+    return self.visual.features(pixels, rng)
+
+  def trunk_features(self, pixels, rng=None, *, maskclip: bool = False):
+    """(B, H, W, 3) -> `clip_vis_dense` (B, H/32, W/32, C). `maskclip` changes nothing: a
+    convolutional tower has no attention to bypass; MaskCLIP's ResNet change is in its head."""
+    return self.visual.trunk_features(pixels, rng)
+
+  def get_image_features(self, pixels):
+    return self.visual(pixels)
+
 
 class CLIP(CLIPBase):
   """HF `CLIPModel` (ViT image tower): both towers, their projections and the logit scale."""

@@ -43,6 +43,14 @@ def openclip_text_tower(width: int, heads: int, layers: int, act: str = "gelu", 
                      max_position_embeddings=context, eos_token_id=vocab - 1)
 
 
+def two_tower_from_dict(config_cls, vision_cls, d: dict[str, Any], tuples=()):
+  """A {vision, text, projection_dim[, logit_scale_init_value]} record (`dataclasses.asdict` of an
+  OpenCLIP-layout CLIP config) -> `config_cls`; `tuples`: vision fields JSON stored as lists."""
+  vision = {k: tuple(v) if k in tuples else v for k, v in d["vision"].items()}
+  return config_cls(vision_cls(**vision), TowerConfig(**d["text"]), d["projection_dim"],
+                    d.get("logit_scale_init_value", 2.6592))
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
   vision: TowerConfig

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from ovs_jax.models import convnext
 from ovs_jax.models.clip import OpenCLIPConvCLIP
-from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower
+from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower, two_tower_from_dict
 from ovs_jax.models.convnext import ConvNeXtConfig, ConvNeXtImageTower
 
 MODEL_TYPE = "openclip_convnext"
@@ -54,27 +54,12 @@ class ConvNeXtCLIP(OpenCLIPConvCLIP):
   def backbone_channels(self):
     return {f"res{i + 2}": d for i, d in enumerate(self.config.vision.dims)}
 
-  def backbone_features(self, pixels, rng=None):
-    return self.visual.features(pixels, rng)
-
-  def trunk_features(self, pixels, rng=None, *, maskclip: bool = False):
-    """(B, H, W, 3) -> `clip_vis_dense`. `maskclip` changes nothing: a ConvNeXt has no attention
-    pool to bypass, its head applies per pixel as it is (FC-CLIP's / MAFT+'s dense CLIP map)."""
-    return self.visual.trunk_features(pixels, rng)
-
   def image_and_dense_features(self, pixels):
     """Global average pool (OpenCLIP `encode_image`) and every position through the head."""
     dense = self.visual.trunk_features(pixels)
     pooled = jnp.mean(dense.astype(jnp.float32), axis=(1, 2))
     return self.image_head(pooled), self.image_head(dense)
 
-  def get_image_features(self, pixels):
-    return self.visual(pixels)
-
 
 def from_dict(d: dict[str, Any]) -> ConvNeXtCLIPConfig:
-  vision = dict(d["vision"])
-  for k in ("depths", "dims"):
-    vision[k] = tuple(vision[k])
-  return ConvNeXtCLIPConfig(ConvNeXtConfig(**vision), TowerConfig(**d["text"]), d["projection_dim"],
-                            d.get("logit_scale_init_value", 2.6592))
+  return two_tower_from_dict(ConvNeXtCLIPConfig, ConvNeXtConfig, d, tuples=("depths", "dims"))

@@ -214,11 +214,11 @@ class ModifiedResNetImageTower(nnx.Module):
     x = jax.checkpoint(lambda state, h: nnx.merge(graphdef, state)(h))(state, x)
     return remat_scan(blocks[1:], x) if len(blocks) > 1 else x
 
-  def features(self, pixels):
+  def features(self, pixels, rng=None):
     """(B, H, W, 3) -> {'stem': (B, H/2, W/2, width) after the 3 stem convs (before their pool),
     'res2'..'res5': (B, H/s, W/s, C_s) at strides 4, 8, 16, 32, 'clip_vis_dense': res5}, as MAFT+'s
     `extract_features_resnet`. Sides as PyTorch's: ceil(H/2) after the stem conv, then each pool
-    floors."""
+    floors. `rng` is unused: CLIP's ResNets have no stochastic depth."""
     x = pixels.astype(self.dtype)
     x = nnx.relu(self.bn1(self.conv1(x)))
     x = nnx.relu(self.bn2(self.conv2(x)))
@@ -230,6 +230,10 @@ class ModifiedResNetImageTower(nnx.Module):
       out[f"res{i + 2}"] = x
     out["clip_vis_dense"] = x
     return out
+
+  def trunk_features(self, pixels, rng=None):
+    """(B, H, W, 3) -> res5 (B, H/32, W/32, 32 * width), the map MAFT+ pools ('clip_vis_dense')."""
+    return self.features(pixels, rng)["res5"]
 
   def __call__(self, pixels):
     """(B, H, W, 3) -> (B, embed_dim) unnormalised image embedding (CLIP `encode_image`); at sizes

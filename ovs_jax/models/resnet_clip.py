@@ -20,7 +20,7 @@ from typing import Any
 
 from ovs_jax.models import modified_resnet
 from ovs_jax.models.clip import OpenCLIPConvCLIP
-from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower
+from ovs_jax.models.clip_config import TowerConfig, openclip_text_tower, two_tower_from_dict
 from ovs_jax.models.modified_resnet import ModifiedResNetConfig, ModifiedResNetImageTower
 
 MODEL_TYPE = "openclip_resnet"
@@ -66,25 +66,11 @@ class ResNetCLIP(OpenCLIPConvCLIP):
   def backbone_channels(self):
     return {f"res{i + 2}": c for i, c in enumerate(self.config.vision.channels[1:])}
 
-  def backbone_features(self, pixels, rng=None):
-    """`rng` is unused: CLIP's ResNets have no stochastic depth."""
-    return self.visual.features(pixels)
-
-  def trunk_features(self, pixels, rng=None, *, maskclip: bool = False):
-    """(B, H, W, 3) -> res5 (B, H/32, W/32, 32 * width). `maskclip` changes nothing here: MaskCLIP's
-    change to a ResNet is in the head (`image_head`)."""
-    return self.visual.features(pixels)["res5"]
-
   def image_and_dense_features(self, pixels):
     """The attention pool (CLIP `encode_image`) and every res5 pixel through `image_head`."""
     res5 = self.trunk_features(pixels)
     return self.visual.attnpool(res5), self.image_head(res5)
 
-  def get_image_features(self, pixels):
-    return self.visual(pixels)
-
 
 def from_dict(d: dict[str, Any]) -> ResNetCLIPConfig:
-  vision = dict(d["vision"], layers=tuple(d["vision"]["layers"]))
-  return ResNetCLIPConfig(ModifiedResNetConfig(**vision), TowerConfig(**d["text"]), d["projection_dim"],
-                          d.get("logit_scale_init_value", 2.6592))
+  return two_tower_from_dict(ResNetCLIPConfig, ModifiedResNetConfig, d, tuples=("layers",))

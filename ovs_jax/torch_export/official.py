@@ -56,22 +56,15 @@ def from_official(src, workdir, *, recipe: str | None = None, step: int = 0) -> 
   config = recipe_config(CONFIGS_DIR / name, variant)
   config.model.update(_infer_model_sizes(official))
   config.model.cdt_dense = "official"
-  # Fine-tuning rebuilds the CLIP from this file's student (`backbone.clip_model`), then restores.
-  config.clip.weights = str(src)
   ours = maft_official.from_official(official, str(src))
   method = get_method(config.method)
-  architecture = method.architecture(nnx.eval_shape(lambda: _shapes_model(method, config)))
+  config.clip.weights = "random"  # shapes only: the record is all this build is for
+  architecture = method.architecture(nnx.eval_shape(lambda: method.build_model(config)))
+  # Fine-tuning rebuilds the CLIP from this file's student (`backbone.clip_model`), then restores.
+  config.clip.weights = str(src)
   return write_imported_workdir(
       workdir, config, architecture, step=step, source=str(src),
       load=lambda model: torch_state.import_state_dict(model, ours, source=str(src)))
-
-
-def _shapes_model(method, config):
-  """The recipe's model with random CLIP weights (shapes only: its record is all we keep)."""
-  import copy
-  config = copy.deepcopy(config)
-  config.clip.weights = "random"
-  return method.build_model(config)
 
 
 def to_official(checkpoint, out) -> Path:
