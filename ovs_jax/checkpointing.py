@@ -196,4 +196,4 @@ class Checkpointer:
 
 
 def _cannot(directory, step, error) -> str:
-  return f"{directory}/{step}: cannot restore ({type(error).__name__}: {str(error)[:400]})"
+  return f"{directory}/{step}: cannot restore ({type(error).__name__}: {' '.join(str(error).split())[:400]})"

@@ -115,7 +115,8 @@ def test_when_no_step_restores_the_error_lists_them_and_says_what_to_move(three_
     ckpt.restore(ABSTRACT)
   ckpt.close()
   lines = str(e.value).splitlines()
-  assert [l.split(": cannot restore (CorruptCheckpointError")[0] for l in lines[:3]] == [
+  # Flipped compressed bytes fail either our checksum or orbax's decompression: one line each.
+  assert [l.split(": cannot restore (")[0] for l in lines[:3]] == [
       f"{three_steps}/3", f"{three_steps}/2", f"{three_steps}/1"]
   assert lines[3].startswith("Every checkpoint is damaged; to start this run afresh, move them aside "
                              f"(nothing is deleted automatically): mv {three_steps} {three_steps}.bad-")
