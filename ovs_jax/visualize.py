@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import colorsys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -43,14 +42,19 @@ def _legend(label: np.ndarray, names: list[str], height: int) -> Image.Image:
   return panel
 
 
+def blend(image: np.ndarray, label: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
+  """(H, W, 3) uint8: the image with each pixel's class colour mixed in (ignore pixels untouched)."""
+  color = colorize(label, num_classes).astype(np.float32)
+  mixed = np.where((label == IGNORE)[..., None], image, (1 - alpha) * image + alpha * color)
+  return mixed.astype(np.uint8)
+
+
 def overlay_with_legend(image: np.ndarray, label: np.ndarray, names: list[str],
                         alpha: float = 0.55) -> Image.Image:
   """Image (H, W, 3) uint8 blended with the coloured label map, legend of present classes at right."""
-  color = colorize(label, len(names)).astype(np.float32)
-  blend = np.where((label == IGNORE)[..., None], image, (1 - alpha) * image + alpha * color)
   legend = _legend(label, names, image.shape[0])
   canvas = Image.new("RGB", (image.shape[1] + legend.width, max(image.shape[0], legend.height)), "white")
-  canvas.paste(Image.fromarray(blend.astype(np.uint8)), (0, 0))
+  canvas.paste(Image.fromarray(blend(image, label, len(names), alpha)), (0, 0))
   canvas.paste(legend, (image.shape[1], 0))
   return canvas
 
@@ -68,10 +72,9 @@ def side_by_side(panels: list[Image.Image], titles: list[str]) -> Image.Image:
   return canvas
 
 
-def save_label_png(label: np.ndarray, path: str | Path) -> None:
-  """Raw class ids: 8-bit PNG when they fit (255 = ignore), 16-bit otherwise (e.g. ADE-847)."""
+def save_label_png(label: np.ndarray, path) -> None:
+  """Raw class ids to a path or a binary file: 8-bit PNG when they fit (255 = ignore), 16-bit
+  otherwise (e.g. ADE-847)."""
   label = np.asarray(label)
-  if label.max(initial=0) <= 255:
-    Image.fromarray(label.astype(np.uint8)).save(path)
-  else:
-    Image.fromarray(label.astype(np.uint16)).save(path)
+  dtype = np.uint8 if label.max(initial=0) <= 255 else np.uint16
+  Image.fromarray(label.astype(dtype)).save(path, format="PNG")

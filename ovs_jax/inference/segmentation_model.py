@@ -2,7 +2,8 @@
 
 A checkpoint is a directory (or a file inside one, e.g. a step folder) whose `config.json` — here
 or up to two levels above — names a method registered in `ovs_jax/methods/registry.py` as
-`method` or `model.method`; that method's `from_checkpoint` builds the `SegmentationModel`.
+`method` or `model.method`; that method's `open_checkpoint` loads it once and builds a
+`SegmentationModel` per vocabulary.
 """
 from __future__ import annotations
 
@@ -86,9 +87,13 @@ def read_vocabulary(spec: str) -> list[list[str]]:
   return parse_vocabulary(Path(spec).read_text(encoding="utf-8"), where=spec)
 
 
-def build_from_checkpoint(path: str | Path, vocabulary: list[list[str]], **options) -> SegmentationModel:
-  """The registered method's model for the checkpoint at `path` and this vocabulary."""
+def open_checkpoint(path: str | Path, **options) -> Callable[[list[list[str]]], SegmentationModel]:
+  """The checkpoint at `path`, loaded once, as `vocabulary -> SegmentationModel` of its method."""
   from ovs_jax.methods.registry import get_method
   directory, config = read_checkpoint_config(path)
-  return get_method(checkpoint_method(directory, config)).from_checkpoint(directory, config, vocabulary,
-                                                                         **options)
+  return get_method(checkpoint_method(directory, config)).open_checkpoint(directory, config, **options)
+
+
+def build_from_checkpoint(path: str | Path, vocabulary: list[list[str]], **options) -> SegmentationModel:
+  """The registered method's model for the checkpoint at `path` and this vocabulary."""
+  return open_checkpoint(path, **options)(vocabulary)

@@ -10,6 +10,7 @@ subclass, and one line in `ovs_jax/methods/registry.py`. The shared code never n
   ctx    = method.train_context(model, config, vocabulary, templates, cache_dir)   # any pytree
   loss, terms = method.loss(model, batch, rng, ctx, config)   # pure, jittable
   seg    = method.segmentation_model(graphdef, states, config, vocabulary, ...)    # inference
+  make   = method.open_checkpoint(directory, config, ...); seg = make(vocabulary)   # workdir, once
 
 Frozen parameters and learning-rate multipliers are regexes in the config (`config.frozen`,
 `config.optim.lr_multipliers`); a method module exports its defaults for its config files.
@@ -71,16 +72,21 @@ class Method:
     """A `SegmentationModel` over `vocabulary` from a split model (graphdef, *states)."""
     raise NotImplementedError
 
-  def from_checkpoint(self, directory: Path, config: dict, vocabulary, *, templates=None,
-                      cache_dir=None):
-    """A trained workdir (its newest checkpoint) as a `SegmentationModel` over `vocabulary`."""
+  def open_checkpoint(self, directory: Path, config: dict, *, templates=None, cache_dir=None):
+    """A trained workdir (its newest checkpoint), restored once, as `vocabulary -> SegmentationModel`:
+    each call builds that vocabulary's text classifier over the same weights (the web app, evaluate)."""
     from input_pipeline.datasets import dataset_meta
     from input_pipeline.vocab import load_vocabulary
     from ovs_jax.restore import restore_workdir
     from ovs_jax.templates import get_templates
     cfg, graphdef, state, step = restore_workdir(directory)
     train_vocab = load_vocabulary(dataset_meta(cfg.data.train, "train").vocabulary)
-    return self.segmentation_model(graphdef, (state["params"], state["frozen"]), cfg, vocabulary,
-                                   templates=templates or get_templates(cfg.clip.templates),
-                                   cache_dir=cache_dir, train_vocabulary=train_vocab,
-                                   name=f"{self.name}@{step}")
+    templates = templates or get_templates(cfg.clip.templates)
+    return lambda vocabulary: self.segmentation_model(
+        graphdef, (state["params"], state["frozen"]), cfg, vocabulary, templates=templates,
+        cache_dir=cache_dir, train_vocabulary=train_vocab, name=f"{self.name}@{step}")
+
+  def from_checkpoint(self, directory: Path, config: dict, vocabulary, *, templates=None,
+                      cache_dir=None):
+    """A trained workdir (its newest checkpoint) as a `SegmentationModel` over `vocabulary`."""
+    return self.open_checkpoint(directory, config, templates=templates, cache_dir=cache_dir)(vocabulary)

@@ -79,13 +79,12 @@ class MaskCLIP(Method):
     return maskclip_model(nnx.merge(graphdef, *states), vocabulary, templates=templates,
                           cache_dir=cache_dir, name=name or self.name)
 
-  def from_checkpoint(self, directory, config, vocabulary, *, templates=None, cache_dir=None):
+  def open_checkpoint(self, directory, config, *, templates=None, cache_dir=None):
     """config {"method": "maskclip", "clip": weights path (relative to the checkpoint directory)}."""
     from ovs_jax.interchange.clip_weights import load_clip
     from ovs_jax.templates import VILD_TEMPLATES
     clip = load_clip(Path(directory) / config["clip"], hidden_act=config.get("hidden_act"))
-    return maskclip_model(clip, vocabulary, templates=templates or VILD_TEMPLATES,
-                          cache_dir=cache_dir, name=config.get("name", Path(directory).name))
-
+    return lambda vocabulary: maskclip_model(clip, vocabulary, templates=templates or VILD_TEMPLATES,
+                                             cache_dir=cache_dir, name=config.get("name", Path(directory).name))
 
 METHOD = MaskCLIP()
