@@ -12,7 +12,7 @@ setup(
     packages=find_packages(include=["ovs_jax", "ovs_jax.*", "input_pipeline", "input_pipeline.*"]),
     package_data={
         "ovs_jax": ["assets/*"],
-        "input_pipeline": ["vocab/*"],
+        "input_pipeline": ["vocab/*", "vocab/synonyms/*"],
     },
     python_requires=">=3.10",
     install_requires=[
@@ -38,5 +38,7 @@ setup(
         # PyTorch interchange (pytorch_model.bin import, export checks) and the test suite.
         "torch": ["torch==2.13.0"],
         "test": ["torch==2.13.0", "pytest", "pytest-xdist"],
+        # Data preparation only (WordNet synonym sets: python -m input_pipeline.synonyms build).
+        "prep": ["nltk"],
     },
 )
