@@ -3,6 +3,10 @@
 Bicubic with PyTorch's conventions (Keys kernel a=-0.75, align_corners=False, border clamping), so
 resampled CLIP embeddings equal `transformers`' `interpolate_pos_encoding=True`. `jax.image.resize`
 uses a=-0.5 and antialiasing, which gives different numbers.
+
+`antialias=True` is PyTorch's `interpolate(mode="bicubic", antialias=True)` (Pillow's filter, which
+DINOv2, timm and DVT resample with): Keys a=-0.5, the kernel widened by the scale when shrinking,
+taps cut at the border and renormalised; it differs from the plain kernel when enlarging too.
 """
 import functools
 
@@ -33,13 +37,33 @@ def bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
   return m.astype(np.float32)
 
 
-def resize_bicubic(x: jnp.ndarray, out_hw: tuple[int, int]) -> jnp.ndarray:
-  """Resize a grid (h, w, D) -> (H, W, D); identity when the size already matches."""
+@functools.lru_cache(maxsize=64)
+def antialiased_bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
+  """(n_out, n_in) matrix of PyTorch's antialiased bicubic resize along one axis."""
+  a, scale = -0.5, n_in / n_out
+  stretch = max(scale, 1.0)  # shrinking widens the kernel by the scale (the antialiasing)
+  def kernel(x):
+    x = np.abs(x)
+    return np.where(x < 1, ((a + 2) * x - (a + 3)) * x * x + 1,
+                    np.where(x < 2, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+  m = np.zeros((n_out, n_in), np.float64)
+  for i in range(n_out):
+    center = scale * (i + 0.5)
+    lo = max(int(center - 2 * stretch + 0.5), 0)
+    hi = min(int(center + 2 * stretch + 0.5), n_in)
+    w = kernel((np.arange(lo, hi) - center + 0.5) / stretch)
+    m[i, lo:hi] = w / w.sum()
+  return m.astype(np.float32)
+
+
+def resize_bicubic(x: jnp.ndarray, out_hw: tuple[int, int], antialias: bool = False) -> jnp.ndarray:
+  """Resize a grid (h, w, D) -> (H, W, D) in float32; identity when the size already matches."""
   h, w, _ = x.shape
   if (h, w) == tuple(out_hw):
     return x
-  mh = jnp.asarray(bicubic_matrix(h, out_hw[0]))
-  mw = jnp.asarray(bicubic_matrix(w, out_hw[1]))
+  matrix = antialiased_bicubic_matrix if antialias else bicubic_matrix
+  mh = jnp.asarray(matrix(h, out_hw[0]))
+  mw = jnp.asarray(matrix(w, out_hw[1]))
   return jnp.einsum("Hh,hwd,Ww->HWd", mh, x.astype(jnp.float32), mw,
                     precision="highest").astype(x.dtype)
 
