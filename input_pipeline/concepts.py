@@ -60,22 +60,22 @@ def clean_name(name: str) -> str | None:
   return None if not name or name in STOPLIST or name == vocab_lib.INVALID else name
 
 
-def plural_forms(word: str) -> set[str]:
-  """English plurals of a singular noun by rule (irregulars listed); a few spare spellings are
-  harmless because a caption never contains them."""
+def plural_forms(word: str) -> tuple[str, ...]:
+  """English plurals of a singular noun by rule (irregulars listed), the usual spelling first;
+  a spare spelling ('knifes') is harmless because a caption never contains it."""
   if word in _IRREGULAR:
-    return {_IRREGULAR[word]}
+    return (_IRREGULAR[word],)
   if re.search(r"(s|x|z|ch|sh)$", word):
-    return {word + "es"}
+    return (word + "es",)
   if re.search(r"[^aeiou]y$", word):
-    return {word[:-1] + "ies"}
+    return (word[:-1] + "ies",)
   if word.endswith("fe"):
-    return {word[:-2] + "ves", word + "s"}
+    return (word[:-2] + "ves", word + "s")
   if word.endswith("f"):
-    return {word[:-1] + "ves", word + "s"}
+    return (word[:-1] + "ves", word + "s")
   if re.search(r"[^aeiou]o$", word):
-    return {word + "es", word + "s"}
-  return {word + "s"}
+    return (word + "es", word + "s")
+  return (word + "s",)
 
 
 def singular_forms(word: str) -> set[str]:
@@ -94,9 +94,10 @@ def singular_forms(word: str) -> set[str]:
   return {word[:-1]}
 
 
-def _last_word_forms(phrase: str, forms) -> set[str]:
+def last_word_forms(phrase: str, forms) -> list[str]:
+  """`forms` (plural_forms or singular_forms) applied to the last word of `phrase`, in order."""
   head, _, last = phrase.rpartition(" ")
-  return {f"{head} {f}" if head else f for f in forms(last)} if last.isalpha() else set()
+  return [f"{head} {f}" if head else f for f in forms(last)] if last.isalpha() else []
 
 
 def build_bank(sources=SOURCES) -> list[str]:
@@ -108,7 +109,7 @@ def build_bank(sources=SOURCES) -> list[str]:
       clean = {n for n in map(clean_name, synonyms) if n}
       # "wall-brick" next to "wall brick", "ash-bin" next to "ashbin": the hyphen is a label id's
       names.update(n for n in clean if not ({n.replace("-", " "), n.replace("-", "")} - {n}) & clean)
-  names -= {p for n in names for p in _last_word_forms(n, plural_forms) if p != n}
+  names -= {p for n in names for p in last_word_forms(n, plural_forms) if p != n}
   return [BACKGROUND] + sorted(names - {BACKGROUND})
 
 
@@ -184,7 +185,7 @@ def surface_forms(bank: list[str]) -> dict[str, int]:
   derive, belongs to the name itself or to the first of them in bank order."""
   forms = {name: i for i, name in enumerate(bank)}
   for i, name in enumerate(bank):
-    for form in sorted(_last_word_forms(name, plural_forms) | _last_word_forms(name, singular_forms)):
+    for form in last_word_forms(name, plural_forms) + sorted(last_word_forms(name, singular_forms)):
       forms.setdefault(form, i)
   return forms
 
