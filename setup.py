@@ -11,7 +11,7 @@ setup(
     description="Open-vocabulary semantic segmentation (MAFT+, GKC, SimZSS, MVP-SEG) in JAX/Flax NNX",
     packages=find_packages(include=["ovs_jax", "ovs_jax.*", "input_pipeline", "input_pipeline.*"]),
     package_data={
-        "ovs_jax": ["assets/*"],
+        "ovs_jax": ["assets/*", "serve/static/*"],
         "input_pipeline": ["vocab/*", "vocab/synonyms/*"],
     },
     python_requires=">=3.10",
@@ -37,7 +37,10 @@ setup(
     extras_require={
         # PyTorch interchange (pytorch_model.bin import, export checks) and the test suite.
         "torch": ["torch==2.13.0"],
-        "test": ["torch==2.13.0", "pytest", "pytest-xdist"],
+        # The web app (python -m ovs_jax.serve): ASGI framework, server, form uploads.
+        "serve": ["starlette", "uvicorn", "python-multipart"],
+        # httpx: Starlette's TestClient; selenium drives the system Chromium in tests/test_serve.py.
+        "test": ["torch==2.13.0", "pytest", "pytest-xdist", "httpx", "selenium"],
         # Data preparation only (WordNet synonym sets: python -m input_pipeline.synonyms build).
         "prep": ["nltk"],
     },
