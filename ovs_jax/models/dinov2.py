@@ -238,20 +238,20 @@ class Embeddings(nnx.Module):
     return jnp.concatenate([jnp.broadcast_to(prefix, (b, *prefix.shape)), patches], axis=1), (h, w)
 
 
-class DVTDenoiser(nnx.Module):
+class DVTDenoiser(Layer):
   """DVT's online denoiser: patch tokens (B, h, w, D) + its own learned position table (native
-  grid, resampled as the backbone's) through one pre-LN ViT block without layer scale. Names follow
-  DVT's timm layout (`pos_embed`, `denoiser.*` -> `block.*`)."""
+  grid, resampled as the backbone's) through one pre-LN ViT block without layer scale (timm `Block`,
+  DVT's `denoiser.*`; heads as the backbone's, D/64 for ViT-B as in DVT)."""
 
   def __init__(self, cfg: Dinov2Config, *, dtype, rngs):
+    super().__init__(cfg, dtype=dtype, rngs=rngs, layer_scale=False)
     self.pos_embed = layers.param(_normal, (1, cfg.grid_size ** 2, cfg.hidden_size),
                                   (None, None, "embed"), rngs=rngs)
-    self.block = Layer(cfg, dtype=dtype, rngs=rngs, layer_scale=False)
 
   def __call__(self, patches):
     b, h, w, d = patches.shape
     x = patches.reshape(b, h * w, d) + _resample_grid(self.pos_embed[...], (h, w)).astype(patches.dtype)
-    return self.block(x).reshape(b, h, w, d)
+    return super().__call__(x).reshape(b, h, w, d)
 
 
 class Dinov2Output(NamedTuple):
