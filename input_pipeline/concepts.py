@@ -135,7 +135,10 @@ def parse_bank(text: str, where: str = BANK_FILE) -> list[str]:
   names, count = [], None
   for n, line in enumerate(text.splitlines(), 1):
     if line.startswith("# count:"):
-      count = int(line.partition(":")[2])
+      count = line.partition(":")[2].strip()
+      if not count.isdigit():
+        raise ConceptBankError(f"{where}:{n}: expected '# count: <number>', got {line!r}")
+      count = int(count)
     if not line.strip() or line.startswith("#"):
       continue
     file_id, sep, name = line.partition(":")
@@ -273,8 +276,11 @@ def main(argv=None) -> int:
   text = format_bank(build_bank())
   parse_bank(text, "<built bank>")
   if args.check:
-    with open(path, encoding="utf-8") as f:
-      same = f.read() == text
+    try:
+      with open(path, encoding="utf-8") as f:
+        same = f.read() == text
+    except FileNotFoundError:
+      same = False
     print(f"{path}: {'up to date' if same else 'differs from the shipped vocabularies; rebuild it'}")
     return 0 if same else 1
   with open(path + ".tmp", "w", encoding="utf-8") as f:

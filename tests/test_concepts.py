@@ -38,6 +38,7 @@ def test_shipped_bank_is_pinned_and_current(bank):
     ("0:background\n1:dog\n2:dog\n", "names must be unique"),
     ("0:dog\n", "no 'background' concept"),
     ("# count: 3\n0:background\n1:dog\n", "header says 3"),
+    ("# count: many\n0:background\n", "expected '# count: <number>'"),
     ("0:background\n1:" + " ".join(["zebra"] * 16) + "\n", "more than 15"),
 ])
 def test_bad_bank_files(tmp_path, text, error):
@@ -160,6 +161,8 @@ def test_longest_match_and_mask(matcher):
   mask = concepts.concept_token_mask(out["concept_starts"], out["concept_ends"])
   assert mask.shape == (1, 32, CONTEXT_LENGTH) and mask.sum() == 4
   assert mask[0, 0, 2:4].all() and mask[0, 1, 7:9].all() and not mask[0, 2:].any()
+  single = matcher(ids[0])  # one caption (77,) -> (32,)
+  assert all(single[k].shape == (32,) and (single[k] == out[k][0]).all() for k in out)
 
 
 def _demo_class_of_concept(matcher):
