@@ -20,7 +20,7 @@ from scipy import ndimage
 from input_pipeline import datasets
 from input_pipeline import vocab as vocab_lib
 from input_pipeline.cached import build_once
-from input_pipeline.concepts import last_word_forms, plural_forms, singular_forms
+from input_pipeline.concepts import last_word_forms, plural_forms
 from input_pipeline.folder import FolderSource
 
 VERSION = 1  # bump when the generator changes, so stale caches are not reused
@@ -237,7 +237,7 @@ def _singular_names(cls: int) -> list[str]:
   """The class's names minus the plurals of its other names ('trees' of 'tree')."""
   names = [n.lower() for n in vocab_lib.load_vocabulary("demo")[cls]]
   plurals = {p for n in names for p in last_word_forms(n, plural_forms)}
-  return [n for n in names if n not in plurals or not last_word_forms(n, singular_forms)]
+  return [n for n in names if n not in plurals]
 
 
 def _phrase(rng, cls: int, thing: dict, article: str = "a") -> str:
