@@ -19,8 +19,9 @@ from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.models import dinov2
 
 TINY = "dinov2_reg_tiny"  # 64 wide, 2 layers, 2 heads, patch 14, native 224 (16×16 grid)
-# Native, and non-square non-native grids: 7×11 shrinks both sides (antialiased), 18×13 enlarges one.
-SIZES = ((224, 224), (98, 154), (252, 182))
+# Native, and non-square non-native grids: 7×11 shrinks both sides (antialiased), 18×13 enlarges one
+# (and drops the pixels past the last whole patch, as the conv does).
+SIZES = ((224, 224), (98, 154), (256, 190))
 
 
 def hf_config(cfg):
@@ -153,13 +154,20 @@ def test_imports_legacy_hf_names_and_timm_layout(hf_tiny, tmp_path):
   legacy = tmp_path / "legacy"
   legacy.mkdir()
   hf_tiny.config.to_json_file(legacy / "config.json")
-  torch.save({k: torch.tensor(v) for k, v in legacy_names(sd).items()}, legacy / "pytorch_model.bin")
+  # As `Dinov2WithRegistersForImageClassification` saved it: backbone prefix, and a head we drop.
+  classifier = {f"dinov2_with_registers.{k}": torch.tensor(v) for k, v in legacy_names(sd).items()}
+  torch.save(dict(classifier, **{"classifier.weight": torch.zeros(10, 128)}), legacy / "pytorch_model.bin")
   timm_file = tmp_path / "timm.safetensors"
   safetensors.numpy.save_file(timm_layout(sd, 2), str(timm_file))
+  timm_hub = tmp_path / "timm_hub"  # a timm hub directory: its config.json names the architecture
+  timm_hub.mkdir()
+  (timm_hub / "config.json").write_text('{"architecture": "dinov2_reg_tiny", "num_classes": 0}')
+  safetensors.numpy.save_file(timm_layout(sd, 2), str(timm_hub / "model.safetensors"))
   px = pixels(SIZES[2], batch=1)
   ref = reference(hf_tiny, px)
   assert_close(ours(dinov2_io.load_dinov2(legacy), px), ref)
   assert_close(ours(dinov2_io.load_dinov2(timm_file, arch=TINY), px), ref)
+  assert_close(ours(dinov2_io.load_dinov2(timm_hub), px), ref)
 
 
 def test_export_round_trip_through_transformers(hf_tiny, tmp_path):
