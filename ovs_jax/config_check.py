@@ -145,6 +145,7 @@ RULES = {
     "loss.importance_sample_ratio": number(0, 1),
     "data.train": _datasets,
     "data.train_max_images": integer(0, note="0: every image"),
+    "data.unseen": one_of("", "zero_shot"),
     "data.root": directory_or_empty(),
     "data.train_mapper": _mappers,
     "data.min_size_train": sizes(),

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ovs_jax import metrics
 from ovs_jax.cli import guard
 from ovs_jax.config_check import inference_flags, integer, validate_flags
-from ovs_jax.evaluation import evaluate, model_factories, results_table
+from ovs_jax.evaluation import ZERO_SHOT, evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.templates import get_templates
 
@@ -60,6 +60,8 @@ def define_flags():
                     "maft_plus: MAFT+'s evaluator (a class predicted but absent from the ground truth "
                     "counts 0 in the mean); detectron2: current detectron2 (mean over classes with "
                     "ground truth)")
+  flags.DEFINE_enum("protocol", "", ["", "zero_shot"], "zero_shot: also report mIoU over each dataset's "
+                    "seen and unseen classes and hIoU (splits: voc_20, coco_stuff_171, pc_59, demo)")
   flags.DEFINE_bool("demo", False, "the demo dataset (and the demo:tiny CLIP unless --clip is given)")
 
 
@@ -87,8 +89,11 @@ def main(argv):
   results = evaluate(factories, datasets, cfg, FLAGS.workdir, split=FLAGS.split, root=FLAGS.root,
                      vocabulary=FLAGS.vocab, batch_size=FLAGS.batch_size or None,
                      max_images=FLAGS.max_images or None, workers=FLAGS.workers,
-                     skip_bad=FLAGS.skip_bad, miou_convention=FLAGS.miou_convention)
+                     skip_bad=FLAGS.skip_bad, miou_convention=FLAGS.miou_convention,
+                     protocol=FLAGS.protocol)
   print(results_table(results, datasets))
+  for key in ZERO_SHOT if FLAGS.protocol else ():
+    print("\n" + results_table(results, datasets, key))
   for name, row in results.items():
     for d, r in row.items():
       print(f"{name} on {d}: {r['num_images']} images scored, {r['num_skipped']} skipped"

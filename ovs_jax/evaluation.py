@@ -22,6 +22,7 @@ from absl import logging
 from input_pipeline.datasets import get_dataset
 from input_pipeline.files import DataError
 from input_pipeline.vocab import load_vocabulary
+from input_pipeline.zero_shot import unseen_for
 from ovs_jax import metrics
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.engine import evaluate_source
@@ -31,6 +32,7 @@ from ovs_jax.methods.maskclip import clip_from_spec, maskclip_model
 
 DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "ovs_jax"))
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
+ZERO_SHOT = ("mIoU_seen", "mIoU_unseen", "hIoU")
 
 
 def _finite(x):
@@ -38,11 +40,16 @@ def _finite(x):
 
 
 def summarize(counts: np.ndarray, class_names: list[str], num_images: int,
-              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION, num_skipped: int = 0) -> dict:
+              miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION, num_skipped: int = 0,
+              unseen=None) -> dict:
   """Counts -> JSON-ready metrics: summary numbers, images scored (`num_images`) and skipped as
-  unreadable (`num_skipped`), per-class IoU/ACC (None: no ground truth)."""
+  unreadable (`num_skipped`), per-class IoU/ACC (None: no ground truth). With `unseen` (label ids
+  of a zero-shot protocol): also mIoU_seen, mIoU_unseen, hIoU and the unseen class names."""
   m = metrics.segmentation_metrics(counts, miou_convention)
   out = {k: _finite(float(m[k])) for k in SUMMARY}
+  if unseen is not None:
+    out.update({k: _finite(v) for k, v in metrics.zero_shot_metrics(counts, unseen, miou_convention).items()})
+    out["unseen_classes"] = [class_names[i] for i in sorted(unseen)]
   out["miou_convention"] = miou_convention
   out["num_images"] = num_images
   out["num_skipped"] = num_skipped
@@ -79,15 +86,17 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
              split: str = "val", root: str | None = None, vocabulary: str | None = None,
              batch_size: int | None = None, max_images: int | None = None, workers: int = 0,
              skip_bad: bool = False, sources: dict | None = None,
-             miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION) -> dict:
+             miou_convention: str = metrics.DEFAULT_MIOU_CONVENTION, protocol: str = "") -> dict:
   """Every model on every dataset; writes results.json/.md and per-class tables into workdir.
 
   models: {row name: factory(vocabulary) -> SegmentationModel}. vocabulary overrides each
   dataset's own (a shipped name, a file, or inline classes). sources: {name: source} to use
-  instead of get_dataset (tests). miou_convention: see ovs_jax/metrics.py. Returns
-  {model: {dataset: metrics}}.
+  instead of get_dataset (tests). miou_convention: see ovs_jax/metrics.py. protocol "zero_shot":
+  also mIoU over each dataset's seen and unseen classes and hIoU (`input_pipeline/zero_shot.py`).
+  Returns {model: {dataset: metrics}}.
   """
   metrics.check_miou_convention(miou_convention)
+  unseen = {d: unseen_for(d, protocol) if protocol else None for d in datasets}  # fails before any work
   workdir = Path(workdir)
   (workdir / "per_class").mkdir(parents=True, exist_ok=True)
   batch_size = batch_size or jax.device_count()
@@ -111,17 +120,18 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
         raise DataError(f"{d}/{split}: no image could be read ({skipped} skipped as bad records; "
                         "see the warnings above)")
       row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n,
-                         miou_convention, skipped)
+                         miou_convention, skipped, unseen[d])
       row[d]["seconds"] = round(time.perf_counter() - t, 2)
       logging.info("%s on %s: mIoU (%s) %.2f (%d images scored, %d skipped, %.1f s)", model_name, d,
                    miou_convention, row[d]["mIoU"] or float("nan"), n, skipped, row[d]["seconds"])
       (workdir / "per_class" / f"{_slug(model_name)}__{d}.md").write_text(per_class_table(row[d]) + "\n")
   payload = {"inference": dataclasses.asdict(cfg), "split": split, "miou_convention": miou_convention,
-             "results": results}
+             "protocol": protocol or "all classes", "results": results}
   if jax.process_index() == 0:
     (workdir / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
     (workdir / "results.md").write_text(
-        "\n\n".join(results_table(results, datasets, k) for k in SUMMARY) + "\n")
+        "\n\n".join(results_table(results, datasets, k)
+                      for k in SUMMARY + (ZERO_SHOT if protocol else ())) + "\n")
   return results
 
 

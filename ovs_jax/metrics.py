@@ -95,3 +95,24 @@ def segmentation_metrics(counts: np.ndarray, convention: str = DEFAULT_MIOU_CONV
         "IoU": 100 * iou,
         "ACC": 100 * acc,
     }
+
+
+def zero_shot_metrics(counts: np.ndarray, unseen, convention: str = DEFAULT_MIOU_CONVENTION) -> dict:
+  """mIoU over the seen and over the unseen classes (each under `convention`, restricted to the
+  subset) and their harmonic mean hIoU = 2·seen·unseen / (seen + unseen) (ZS3Net, MVP-SEG).
+
+  counts[label, pred] over the whole vocabulary: a pixel of one subset predicted as the other
+  counts against both, as in the papers' tables (one evaluation over all classes).
+  """
+  counts = np.asarray(counts, np.float64)
+  unseen = np.zeros(len(counts), bool) | np.isin(np.arange(len(counts)), list(unseen))
+  iou = segmentation_metrics(counts, convention)["IoU"]
+  pos_gt, pos_pred = counts.sum(1), counts.sum(0)
+  counted = (pos_gt > 0) if convention == "detectron2" else (pos_gt > 0) | (pos_pred > 0)
+  out = {}
+  for key, subset in (("mIoU_seen", ~unseen), ("mIoU_unseen", unseen)):
+    n = (counted & subset).sum()
+    out[key] = 100 * float(np.nansum(np.where(subset, iou / 100, np.nan)) / n) if n else float("nan")
+  s, u = out["mIoU_seen"], out["mIoU_unseen"]
+  out["hIoU"] = 2 * s * u / (s + u) if s + u > 0 else float("nan")
+  return out

@@ -22,6 +22,7 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
+from input_pipeline import zero_shot
 from ovs_jax import cli, distributed, evaluators, optim, sharding
 from ovs_jax.checkpointing import Checkpointer
 from ovs_jax.config_check import validate
@@ -42,7 +43,8 @@ def _train_source(config):
   train = get_dataset(d.train, "train", root=d.root or None, skip_bad=d.skip_bad)
   if d.get("train_max_images"):  # a fixed small subset (overfitting checks, smoke runs)
     train = FirstRecords(train, d.train_max_images)
-  return train
+  unseen = zero_shot.unseen_for(d.train, d.get("unseen", ""))
+  return zero_shot.SeenOnly(train, unseen) if unseen else train
 
 
 class Run:
@@ -76,9 +78,11 @@ class Run:
     self.local_dir.mkdir(parents=True, exist_ok=True)
     if remote:
       tqdm.write(f"workdir {workdir} is remote: logs, TensorBoard and pictures go to {self.local_dir}")
-    from input_pipeline.vocab import load_vocabulary
-    self.train_source = _train_source(config)
-    self.train_vocab = load_vocabulary(self.train_source.vocabulary)
+    try:
+      self.train_source = _train_source(config)
+    except ValueError as e:  # a zero-shot protocol the training set has no split for
+      raise cli.ConfigError(str(e)) from None
+    self.train_vocab = zero_shot.training_vocabulary(config.data)
     self.templates = get_templates(config.clip.templates)
     self.cache_dir = self.local_dir / "cache"
     model = self.method.build_model(config)
@@ -146,6 +150,11 @@ class Run:
         tqdm.write(f"step {step}: {name} ({ev.dataset}) mIoU ({r['miou_convention']}) "
                    f"{r['mIoU']:.2f}  pAcc {r['pACC']:.2f}  ({r['num_images']} images"
                    + (f", {r['num_skipped']} unreadable skipped)" if r.get("num_skipped") else ")"))
+        for label, z in (("", r), ("MaskCLIP baseline ", r.get("baseline", {}))):
+          if "hIoU" in z:
+            pct = lambda k: "–" if z[k] is None else f"{z[k]:.2f}"
+            tqdm.write(f"step {step}: {name} {label}mIoU seen {pct('mIoU_seen')}  unseen "
+                       f"{pct('mIoU_unseen')}  hIoU {pct('hIoU')}  (unseen: {', '.join(z['unseen_classes'])})")
     return results
 
   # ---- the loop ----

@@ -32,12 +32,17 @@ _FILES = {
     "demo": ("demo.txt", slice(None)),
 }
 
-# Zero-shot protocols (SPNet / ZS3Net): main names of the unseen classes.
+# Zero-shot protocols: main names of the unseen classes. VOC-20 and COCO-Stuff-171: SPNet / ZS3Net
+# (the splits MVP-SEG reports); PC-59: the 10 unseen classes of DESIGN §7 (label ids 0, 6, 7, 14,
+# 19, 24, 31, 33, 48, 54); demo: ours, one stuff class and two things held out of training.
 _UNSEEN = {
     "voc_20": ("pottedplant", "sheep", "sofa", "train", "tvmonitor"),
     "coco_stuff_171": ("frisbee", "skateboard", "cardboard", "carrot", "scissors", "suitcase",
                        "giraffe", "cow", "road", "wall-concrete", "tree", "grass", "river",
                        "clouds", "playingfield"),
+    "pc_59": ("aeroplane", "bird", "boat", "cat", "cow", "fence", "keyboard", "motorbike", "sofa",
+              "tvmonitor"),
+    "demo": ("sand", "box", "tree"),
 }
 _UNSEEN["voc_21"] = _UNSEEN["voc_20"]
 
@@ -146,11 +151,17 @@ def get_vocabulary(spec: str) -> list[list[str]]:
 
 
 def unseen_classes(name: str) -> list[int]:
-  """Label ids of the unseen classes of a zero-shot protocol (VOC 15/5, COCO-Stuff 156/15)."""
+  """Label ids of the unseen classes of a zero-shot protocol (VOC 15/5, COCO-Stuff 156/15,
+  PC-59 49/10, demo 7/3)."""
   if name not in _UNSEEN:
     raise KeyError(f"no seen/unseen split for {name!r}; splits exist for {sorted(_UNSEEN)}")
   main = class_names(name)
   return sorted(main.index(n) for n in _UNSEEN[name])
+
+
+def zero_shot_datasets() -> list[str]:
+  """Vocabularies with a seen/unseen split."""
+  return sorted(_UNSEEN)
 
 
 def seen_classes(name: str) -> list[int]:

@@ -1,6 +1,6 @@
 """Evaluators as plug-ins, chosen by the config (big_vision's `evals`):
 
-  config.evals.<name> = dict(type="miou" | "predictions", dataset=..., split=..., every=N, ...)
+  config.evals.<name> = dict(type="miou" | "zero_shot" | "predictions", dataset=..., split=..., every=N, ...)
 
 `every`: run at multiples of N steps and after the last step; 0: after the last step only;
 -1: never. Each evaluator is built once per run and `run(segmenter_for, step, out_dir)` returns
@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from ovs_jax.evaluators.miou import MIoU
 from ovs_jax.evaluators.predictions import Predictions
+from ovs_jax.evaluators.zero_shot import ZeroShotMIoU
 
-TYPES = {"miou": MIoU, "predictions": Predictions}
+TYPES = {"miou": MIoU, "predictions": Predictions, "zero_shot": ZeroShotMIoU}
 
 
 def from_config(config) -> dict:

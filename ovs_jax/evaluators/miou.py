@@ -16,16 +16,21 @@ class MIoU(DatasetEvaluator):
     metrics.check_miou_convention(self.options["miou_convention"],
                                   f"config.evals.{name}.miou_convention")
 
-  def run(self, segmenter_for, step, out_dir) -> dict:
+  def score(self, model, desc=None) -> dict:
+    """`model` (a SegmentationModel over `self.vocabulary`) on the split -> summarized metrics."""
     from ovs_jax.evaluation import summarize
     from ovs_jax.inference.batching import InferenceConfig
     from ovs_jax.inference.engine import data_mesh, evaluate_source
     o = self.options
-    model = segmenter_for(self.vocabulary)
     mesh = data_mesh()
     cfg = InferenceConfig(short_side=o["short_side"], max_size=o["max_size"])
     counts, n, skipped = evaluate_source(model, self.source, cfg,
                                          batch_size=o["batch_size"] or mesh.size, mesh=mesh,
                                          max_images=self.max_images or None,
-                                         desc=f"{self.name}: {self.dataset}")
-    return summarize(counts, model.class_names, n, o["miou_convention"], skipped)
+                                         desc=desc or f"{self.name}: {self.dataset}")
+    return summarize(counts, model.class_names, n, o["miou_convention"], skipped, self.unseen)
+
+  unseen = None  # label ids of unseen classes: seen/unseen/hIoU are reported too
+
+  def run(self, segmenter_for, step, out_dir) -> dict:
+    return self.score(segmenter_for(self.vocabulary))

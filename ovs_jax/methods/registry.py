@@ -11,6 +11,7 @@ import importlib
 METHODS = {
     "maft_plus": "ovs_jax.methods.maft_plus",
     "maskclip": "ovs_jax.methods.maskclip",
+    "mvp_seg": "ovs_jax.methods.mvp_seg",
 }
 
 
