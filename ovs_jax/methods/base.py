@@ -75,12 +75,11 @@ class Method:
   def open_checkpoint(self, directory: Path, config: dict, *, templates=None, cache_dir=None):
     """A trained workdir (its newest checkpoint), restored once, as `vocabulary -> SegmentationModel`:
     each call builds that vocabulary's text classifier over the same weights (the web app, evaluate)."""
-    from input_pipeline.datasets import dataset_meta
-    from input_pipeline.vocab import load_vocabulary
+    from input_pipeline.zero_shot import training_vocabulary
     from ovs_jax.restore import restore_workdir
     from ovs_jax.templates import get_templates
     cfg, graphdef, state, step = restore_workdir(directory)
-    train_vocab = load_vocabulary(dataset_meta(cfg.data.train, "train").vocabulary)
+    train_vocab = training_vocabulary(cfg.data)  # seen classes only under the zero-shot protocol
     templates = templates or get_templates(cfg.clip.templates)
     return lambda vocabulary: self.segmentation_model(
         graphdef, (state["params"], state["frozen"]), cfg, vocabulary, templates=templates,
