@@ -16,7 +16,7 @@ from flax import nnx
 
 from ovs_jax.interchange import dinov2 as dinov2_io
 from ovs_jax.interchange.errors import CheckpointError
-from ovs_jax.models import dinov2
+from ovs_jax.models import dinov2, pos_embed
 
 TINY = "dinov2_reg_tiny"  # 64 wide, 2 layers, 2 heads, patch 14, native 224 (16×16 grid)
 # Native, and non-square non-native grids: 7×11 shrinks both sides (antialiased), 18×13 enlarges one
@@ -131,6 +131,7 @@ def test_scan_remat_and_bfloat16(hf_tiny):
 
 def test_full_size_vit_b14_reg4_has_transformers_parameters():
   cfg = dinov2.get_preset("vit_base_patch14_reg4_dinov2")
+  assert dinov2.from_hf_dict(hf_config(cfg).to_dict()) == cfg
   model = dinov2.abstract_model(cfg)
   with torch.device("meta"):
     hf = transformers.Dinov2WithRegistersModel(hf_config(cfg))
@@ -258,3 +259,11 @@ def test_bad_checkpoints_name_the_problem(hf_tiny, tmp_path):
   safetensors.numpy.save_file(sd, str(tmp_path / "other" / "model.safetensors"))
   with pytest.raises(CheckpointError, match="use_swiglu_ffn=True: only False is supported"):
     dinov2_io.load_dinov2(tmp_path / "other")
+
+
+@pytest.mark.parametrize("n_in,n_out", [(37, 16), (37, 3), (16, 37), (5, 9), (7, 6), (2, 37), (16, 16)])
+def test_antialiased_bicubic_matrix_is_torchs(n_in, n_out):
+  x = np.random.RandomState(n_in * n_out).randn(1, 4, n_in, 3).astype(np.float32)
+  ref = F.interpolate(torch.tensor(x), size=(n_out, 3), mode="bicubic", align_corners=False, antialias=True)
+  m = pos_embed.antialiased_bicubic_matrix(n_in, n_out)
+  np.testing.assert_allclose(np.einsum("oi,bcij->bcoj", m, x), ref.numpy(), atol=2e-5, rtol=0)

@@ -110,7 +110,6 @@ def timm_to_hf(sd: dict) -> tuple[dict, dict, list]:
   cls = out.get("embeddings.cls_token")
   if cls is not None and cls.ndim == 3:
     out.setdefault("embeddings.mask_token", np.zeros_like(cls[0]))
-    origin.setdefault("embeddings.mask_token", "(none: timm drops it)")
   return out, origin, problems
 
 

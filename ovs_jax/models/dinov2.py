@@ -146,8 +146,8 @@ class Layer(nnx.Module):
                                         rngs=rngs)
     self.norm2 = layer_norm(d, cfg.layer_norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
-    scale = (lambda: LayerScale(d, cfg.layerscale_value, rngs=rngs)) if layer_scale else (lambda: None)
-    self.layer_scale1, self.layer_scale2 = scale(), scale()
+    self.layer_scale1 = LayerScale(d, cfg.layerscale_value, rngs=rngs) if layer_scale else None
+    self.layer_scale2 = LayerScale(d, cfg.layerscale_value, rngs=rngs) if layer_scale else None
 
   def __call__(self, x):
     h = self.norm1(x)
