@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 
 from input_pipeline import synonyms as synonyms_lib
 from input_pipeline import vocab as vocab_lib
@@ -58,7 +59,6 @@ class WordNet:
       with open(os.path.join(self._dir, "lexnames"), "w") as f:
         f.writelines(f"{i:02d}\t{name}\t0\n" for i, name in enumerate(_LEXNAMES))
     nltk.data.path.append(self._dir)
-    import warnings
     with warnings.catch_warnings():
       warnings.simplefilter("ignore")  # "multilingual functions are not available": not used
       self.reader = Reader(self._dir, None)

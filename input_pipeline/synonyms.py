@@ -134,7 +134,9 @@ def load_segment_filter(path: str, synonyms: SynonymSets) -> dict[str, dict[int,
       data = json.load(f)
     fmt, vocabulary, sha, segments = (data["format"], data["vocabulary"], data["synonyms_sha256"],
                                       data["segments"])
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    if not all(isinstance(v, dict) for v in segments.values()):
+      raise TypeError("'segments' must map image names to {segment id: indices}")
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise SynonymError(f"{path}: not a synonym filter file ({type(e).__name__}: {e})") from None
   if fmt != FILTER_FORMAT or vocabulary != synonyms.vocabulary:
     raise SynonymError(f"{path}: a {fmt!r} filter for {vocabulary!r}; expected {FILTER_FORMAT!r} "
@@ -147,9 +149,11 @@ def load_segment_filter(path: str, synonyms: SynonymSets) -> dict[str, dict[int,
   for image, segs in segments.items():
     out[image] = {}
     for seg_id, keep in segs.items():
-      if not keep or sorted(set(keep)) != keep or keep[0] < 0 or keep[-1] >= k:
-        raise SynonymError(f"{path}: {image} segment {seg_id} keeps {keep}; expected increasing "
-                           f"synonym indices in [0, {k})")
+      ok = (isinstance(keep, list) and keep and all(isinstance(i, int) for i in keep)
+            and sorted(set(keep)) == keep and 0 <= keep[0] and keep[-1] < k and seg_id.isdigit())
+      if not ok:
+        raise SynonymError(f"{path}: {image} segment {seg_id} keeps {keep}; expected a segment id "
+                           f"with increasing synonym indices in [0, {k})")
       out[image][int(seg_id)] = tuple(keep)
   return out
 
