@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import transformers
 from flax import nnx
 
+from ovs_jax import sharding
 from ovs_jax.interchange import dinov2 as dinov2_io
 from ovs_jax.interchange.errors import CheckpointError
 from ovs_jax.models import dinov2, pos_embed
@@ -148,6 +149,16 @@ def test_full_size_vit_b14_reg4_has_transformers_parameters():
                        jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
   assert out.last_hidden_state.shape == (1, 1 + 4 + 256, 768)
   assert out.patch_tokens.shape == (1, 16, 16, 768) and out.pooler_output.shape == (1, 768)
+
+
+def test_logical_axes_shard_every_large_parameter():
+  state = nnx.state(dinov2.abstract_model(dinov2.get_preset("vit_base_patch14_reg4_dinov2", dvt_denoiser=True),
+                                          scan=True), nnx.Param)
+  mesh = sharding.make_mesh({"fsdp": 4, "tensor": 2})
+  shardings = sharding.param_shardings(state, mesh)
+  assert sharding.replicated_parameters(nnx.to_pure_dict(state), shardings) == []
+  fc1 = shardings["encoder"]["layers"]["mlp"]["fc1"]["kernel"].spec
+  assert tuple(fc1) == (None, "fsdp", "tensor")  # (layers, embed, mlp)
 
 
 def test_imports_legacy_hf_names_and_timm_layout(hf_tiny, tmp_path):
