@@ -134,7 +134,8 @@ def test_uploads_over_the_limit_are_refused_before_decoding(model):
   # no Content-Length (a chunked upload): the bytes themselves are measured
   body = b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"n.png\"\r\n\r\n"
   body += png_bytes(noise) + b"\r\n--b--\r\n"
-  r = c.post("/api/segment", content=iter([body]), headers={"content-type": "multipart/form-data; boundary=b"})
+  r = c.post("/api/segment", content=iter([body]),
+             headers={"content-type": "multipart/form-data; boundary=b"})
   assert r.status_code == 413 and "n.png: 1.4" in r.json()["error"], r.text
 
 
@@ -302,16 +303,18 @@ def test_the_page_segments_an_upload_and_shows_refusals(server, browser, tmp_pat
   image = scene()
   Image.fromarray(image).save(tmp_path / "scene.png")
   assert submit(driver, tmp_path / "scene.png", "sky, blue sky\ngrass; cat") == ""
+  names = ["sky", "grass", "cat"]
+  label = decode(driver.find_element("id", "download-label").get_attribute("href"))
+  assert label.shape == image.shape[:2]
   legend = [li.find_element("class name", "name").text
             for li in driver.find_elements("css selector", "#legend li")]
-  assert legend and set(legend) <= {"sky", "grass", "cat"}
-  size = driver.execute_script("const i = document.getElementById('overlay'); return [i.naturalHeight, i.naturalWidth];")
+  assert sorted(legend) == sorted(names[i] for i in np.unique(label))
+  size = driver.execute_script("const i = document.getElementById('overlay');"
+                               "return [i.naturalHeight, i.naturalWidth];")
   assert tuple(size) == image.shape[:2]
-  href = driver.find_element("id", "download-label").get_attribute("href")
-  label = decode(href)
-  assert label.shape == image.shape[:2]
   assert driver.find_element("id", "download-label").get_attribute("download") == "scene_label.png"
-  assert decode(driver.find_element("id", "download-overlay").get_attribute("href")).shape == (*image.shape[:2], 3)
+  overlay_png = decode(driver.find_element("id", "download-overlay").get_attribute("href"))
+  assert overlay_png.shape == (*image.shape[:2], 3)
   # hovering reads the pixel's class from the label map
   overlay = driver.find_element("id", "overlay")
   WebDriverWait(driver, 10).until(lambda d: d.execute_script("return hoverMap !== null"))
@@ -319,7 +322,7 @@ def test_the_page_segments_an_upload_and_shows_refusals(server, browser, tmp_pat
   m = re.fullmatch(r"\((\d+), (\d+)\): (.+)", driver.find_element("id", "hover").text)
   assert m, driver.find_element("id", "hover").text
   x, y, name = int(m[1]), int(m[2]), m[3]
-  assert name == ["sky", "grass", "cat"][label[y, x]]
+  assert name == names[label[y, x]]
   assert driver.find_element("css selector", "#legend li.active .name").text == name
   # refusals appear on the page as the server's sentence
   (tmp_path / "notes.txt").write_text("not a picture")
@@ -328,6 +331,9 @@ def test_the_page_segments_an_upload_and_shows_refusals(server, browser, tmp_pat
   Image.fromarray(scene(300, 300)).save(tmp_path / "large.png")
   assert "large.png: 300 x 300 pixels (0.09 MP) is over this server's limit of 0.05 MP" in submit(
       driver, tmp_path / "large.png", "cat")
+  # a demo scene becomes the chosen image
+  driver.find_element("css selector", "#demos img").click()
+  WebDriverWait(driver, 60).until(lambda d: d.find_element("id", "drop-text").text == "demo_0.png")
   if os.environ.get("OVS_JAX_SCREENSHOT"):
     screenshot(driver)
 
@@ -337,11 +343,10 @@ def screenshot(driver):
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.support.ui import Select, WebDriverWait
   driver.execute_script("document.getElementById('error').hidden = true;")
-  driver.find_element("css selector", "#demos img").click()
-  WebDriverWait(driver, 30).until(lambda d: d.find_element("id", "drop-text").text == "demo_0.png")
   Select(driver.find_element("id", "vocab")).select_by_value("demo")
   driver.find_element("id", "run").click()
-  WebDriverWait(driver, 120).until(lambda d: "demo_0" in d.find_element("id", "download-label").get_attribute("download"))
+  WebDriverWait(driver, 120).until(
+      lambda d: d.find_element("id", "download-label").get_attribute("download") == "demo_0_label.png")
   overlay = driver.find_element("id", "overlay")
   ActionChains(driver).move_to_element_with_offset(overlay, 0, overlay.size["height"] // 4).perform()
   driver.save_screenshot(os.environ["OVS_JAX_SCREENSHOT"])
