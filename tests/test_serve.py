@@ -216,11 +216,15 @@ def test_a_checkpoint_loads_once_for_every_vocabulary(tmp_path, monkeypatch):
   assert (a.class_names, b.class_names) == (["cat", "dog"], ["sky"])
 
 
-def test_the_command_refuses_a_missing_model_in_one_line():
-  r = subprocess.run([sys.executable, "-m", "ovs_jax.serve", "--port=1"], capture_output=True, text=True)
-  assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
-      "error: give one model: --checkpoint=WORKDIR, --clip=WEIGHTS or --demo (with --demo, --clip "
-      "replaces the demo CLIP)")
+def test_the_command_refuses_a_missing_model_or_settings_it_cannot_take_in_one_line():
+  def serve(*args):
+    r = subprocess.run([sys.executable, "-m", "ovs_jax.serve", *args], capture_output=True, text=True)
+    return r.returncode, r.stderr.strip().splitlines()[-1]
+  assert serve("--port=1") == (2, "error: give one model: --checkpoint=WORKDIR, --clip=WEIGHTS or "
+                                  "--demo (with --demo, --clip replaces the demo CLIP)")
+  # before listening: a window the ViT's 16-pixel patches do not divide
+  assert serve("--clip=random:tiny", "--mode=slide", "--window=100", "--stride=50", "--port=1") == (
+      2, "error: window=100 is not a multiple of the model's input multiple 16")
 
 
 # --- the page in a real browser ----------------------------------------------------------------
@@ -294,7 +298,8 @@ def submit(driver, path, classes):
   return error.text if error.is_displayed() else ""
 
 
-def test_the_page_segments_an_upload_and_shows_refusals(server, browser, tmp_path):
+def test_the_page_segments_an_upload_and_shows_refusals(browser, server, tmp_path):
+  # (browser before server: without a browser the test skips before starting the server)
   from selenium.webdriver.common.action_chains import ActionChains
   from selenium.webdriver.support.ui import WebDriverWait
   driver = browser

@@ -82,6 +82,7 @@ def main(argv):
   inference = dict(short_side=FLAGS.short_side, max_size=FLAGS.max_size, mode=FLAGS.mode,
                    window=FLAGS.window, stride=FLAGS.stride)
   service = SegmentService(name, make_model, inference, limits, default_vocabulary=vocab)
+  service.check_settings()
   logging.info("serving %s on http://%s:%d", name, FLAGS.host, FLAGS.port)
   uvicorn.run(create_app(service), host=FLAGS.host, port=FLAGS.port, log_level="info")
 

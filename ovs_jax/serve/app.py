@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from input_pipeline.vocab import load_vocabulary, vocabulary_names
-from ovs_jax.serve.service import DEMO_IMAGES, RequestError, SegmentService
+from ovs_jax.serve.service import DEMO_IMAGES, NO_IMAGE, RequestError, SegmentService, too_large
 
 log = logging.getLogger(__name__)
 FORM_SLACK = 64 * 2**10  # multipart boundaries and the class list on top of the image
@@ -60,19 +60,17 @@ def create_app(service: SegmentService) -> Starlette:
 
   async def segment(request: Request) -> JSONResponse:
     """multipart form: `image` (file), `classes` (text) or `vocab` (a shipped vocabulary's name)."""
-    limit = service.limits.max_upload_bytes
-    if int(request.headers.get("content-length") or 0) > limit + FORM_SLACK:
-      return error(413, f"upload of {int(request.headers['content-length']) / 2**20:.3g} MB is over "
-                        f"this server's limit of {limit / 2**20:.3g} MB")
-    form = await request.form(max_files=1, max_fields=4)
-    upload = form.get("image")
-    if upload is None or isinstance(upload, str):
-      return error(400, "no image: choose, drop or pick an image first")
-    if upload.size is not None and upload.size > limit:  # a chunked upload has no Content-Length
-      return error(413, f"{upload.filename}: {upload.size / 2**20:.3g} MB is over this server's limit "
-                        f"of {limit / 2**20:.3g} MB")
-    data = await upload.read()
+    limit, length = service.limits.max_upload_bytes, int(request.headers.get("content-length") or 0)
     try:
+      if length > limit + FORM_SLACK:  # refused before reading the body
+        raise too_large("upload", length, limit)
+      form = await request.form(max_files=1, max_fields=4)
+      upload = form.get("image")
+      if upload is None or isinstance(upload, str):
+        raise RequestError(400, NO_IMAGE)
+      if upload.size is not None and upload.size > limit:  # a chunked upload has no Content-Length
+        raise too_large(upload.filename, upload.size, limit)
+      data = await upload.read()
       # In a worker thread, so the server keeps answering (and queueing) while the model runs.
       return JSONResponse(await anyio.to_thread.run_sync(
           service.segment, data, upload.filename or "upload", str(form.get("classes") or ""),
@@ -80,7 +78,7 @@ def create_app(service: SegmentService) -> Starlette:
     except RequestError as e:
       return error(e.status, e.message)
     except Exception as e:  # a bug or a device failure: the person gets a sentence, the log the trace
-      log.exception("segmenting %s failed", upload.filename)
+      log.exception("segmenting failed")
       return error(500, f"internal error while segmenting ({type(e).__name__}); the server log has "
                         "the details")
 

@@ -44,6 +44,14 @@ class RequestError(Exception):
     self.status, self.message = status, message
 
 
+NO_IMAGE = "no image: choose, drop or pick an image first"
+
+
+def too_large(what: str, size: int, limit: int) -> RequestError:
+  return RequestError(413, f"{what}: {size / 2**20:.3g} MB is over this server's limit of "
+                           f"{limit / 2**20:.3g} MB")
+
+
 def load_model(*, checkpoint=None, clip=None, hidden_act=None, templates=("{}",),
                cache_dir=DEFAULT_CACHE / "text"):
   """(name, vocabulary -> SegmentationModel) with the weights loaded once: a trained workdir of any
@@ -128,10 +136,9 @@ class SegmentService:
   def decode(self, data: bytes, filename: str) -> np.ndarray:
     """Upload bytes -> (H, W, 3) uint8, its size checked from the header before decoding."""
     if not data:
-      raise RequestError(400, "no image: choose, drop or pick an image first")
+      raise RequestError(400, NO_IMAGE)
     if len(data) > self.limits.max_upload_bytes:
-      raise RequestError(413, f"{filename}: {len(data) / 2**20:.3g} MB is over this server's limit of "
-                              f"{self.limits.max_upload_bytes / 2**20:.3g} MB")
+      raise too_large(filename, len(data), self.limits.max_upload_bytes)
     try:
       h, w = files.image_size(filename, data)
     except files.DataError:
@@ -144,7 +151,14 @@ class SegmentService:
     except files.DataError as e:
       raise RequestError(415, str(e)) from None
 
+  def check_settings(self) -> None:
+    """Builds a one-class segmenter, so that settings the model cannot take (a window that is not
+    a multiple of its patch size) stop the server at start, not each request."""
+    Segmenter(self._make_model([["object"]]), **self._inference)
+
   def segment(self, data: bytes, filename: str, classes: str = "", preset: str = "") -> dict:
+    """`result_json` + `seconds` (waiting for the model included) and `model`; RequestError for
+    anything refused."""
     vocabulary = self.vocabulary(classes, preset)
     image = self.decode(data, filename)
     start = time.perf_counter()
