@@ -22,7 +22,6 @@ from absl import logging
 from etils import epath
 from tqdm import tqdm
 
-from input_pipeline import zero_shot
 from ovs_jax import cli, distributed, evaluators, optim, sharding
 from ovs_jax.checkpointing import Checkpointer
 from ovs_jax.config_check import validate
@@ -34,17 +33,6 @@ from ovs_jax.train_step import init_train_state, jit_train_step
 
 class NonFiniteError(RuntimeError):
   """Training produced a NaN/Inf loss or gradient."""
-
-
-def _train_source(config):
-  from input_pipeline.datasets import get_dataset
-  from ovs_jax.inference.engine import FirstRecords
-  d = config.data
-  train = get_dataset(d.train, "train", root=d.root or None, skip_bad=d.skip_bad)
-  if d.get("train_max_images"):  # a fixed small subset (overfitting checks, smoke runs)
-    train = FirstRecords(train, d.train_max_images)
-  unseen = zero_shot.unseen_for(d.train, d.get("unseen", ""))
-  return zero_shot.SeenOnly(train, unseen) if unseen else train
 
 
 class Run:
@@ -79,10 +67,10 @@ class Run:
     if remote:
       tqdm.write(f"workdir {workdir} is remote: logs, TensorBoard and pictures go to {self.local_dir}")
     try:
-      self.train_source = _train_source(config)
+      self.train_source = self.method.train_source(config)
     except ValueError as e:  # a zero-shot protocol the training set has no split for
       raise cli.ConfigError(str(e)) from None
-    self.train_vocab = zero_shot.training_vocabulary(config.data)
+    self.train_vocab = self.method.training_vocabulary(config)
     self.templates = get_templates(config.clip.templates)
     self.cache_dir = self.local_dir / "cache"
     model = self.method.build_model(config)

@@ -6,6 +6,8 @@ subclass, and one line in `ovs_jax/methods/registry.py`. The shared code never n
   model  = method.build_model(config)                         # weights from the config
   model  = method.build_model(config, architecture)           # shapes from a saved record
   record = method.architecture(model)                         # -> config.json "architecture"
+  source = method.train_source(config)                      # random-access training records
+  vocab  = method.training_vocabulary(config)                # what the run trains on ([] for captions)
   data   = method.train_data(config, source, mesh)            # iterator of (global batch, state)
   ctx    = method.train_context(model, config, vocabulary, templates, cache_dir)   # any pytree
   loss, terms = method.loss(model, batch, rng, ctx, config)   # pure, jittable
@@ -34,6 +36,25 @@ class Method:
   def architecture(self, model) -> dict:
     """A JSON-able record of everything `build_model` needs for the model's shapes."""
     raise NotImplementedError
+
+  def train_source(self, config):
+    """The random-access training source. Default: split 'train' of `config.data.train` (a
+    segmentation dataset), the first `train_max_images` only when set, seen classes only under the
+    zero-shot protocol. A ValueError is reported as a config error."""
+    from input_pipeline import zero_shot
+    from input_pipeline.datasets import get_dataset
+    from ovs_jax.inference.engine import FirstRecords
+    d = config.data
+    train = get_dataset(d.train, "train", root=d.root or None, skip_bad=d.skip_bad)
+    if d.get("train_max_images"):  # a fixed small subset (overfitting checks, smoke runs)
+      train = FirstRecords(train, d.train_max_images)
+    unseen = zero_shot.unseen_for(d.train, d.get("unseen", ""))
+    return zero_shot.SeenOnly(train, unseen) if unseen else train
+
+  def training_vocabulary(self, config) -> list[list[str]]:
+    """The classes the run trains on (default: `config.data.train`'s, without unseen classes)."""
+    from input_pipeline.zero_shot import training_vocabulary
+    return training_vocabulary(config.data)
 
   def train_data(self, config, source, mesh):
     """Iterator of (global batch, iterator state) on `mesh`; `.save()`-able as grain's. Default:
@@ -75,11 +96,10 @@ class Method:
   def open_checkpoint(self, directory: Path, config: dict, *, templates=None, cache_dir=None):
     """A trained workdir (its newest checkpoint), restored once, as `vocabulary -> SegmentationModel`:
     each call builds that vocabulary's text classifier over the same weights (the web app, evaluate)."""
-    from input_pipeline.zero_shot import training_vocabulary
     from ovs_jax.restore import restore_workdir
     from ovs_jax.templates import get_templates
     cfg, graphdef, state, step = restore_workdir(directory)
-    train_vocab = training_vocabulary(cfg.data)  # seen classes only under the zero-shot protocol
+    train_vocab = self.training_vocabulary(cfg)  # seen classes only under the zero-shot protocol
     templates = templates or get_templates(cfg.clip.templates)
     return lambda vocabulary: self.segmentation_model(
         graphdef, (state["params"], state["frozen"]), cfg, vocabulary, templates=templates,
