@@ -24,8 +24,16 @@ def prepare(name: str, split: str, root: str, out: str, num_shards: int | None =
             skip_bad: bool = False, records_per_shard: int = 2000, log=print) -> dict:
   """Writes the shards and manifest for one split; returns the manifest."""
   src = datasets.get_dataset(name, split, root=root, source="folder", skip_bad=skip_bad)
+  return write_split(src, datasets.prepared_dir(out, name, split), root, num_shards, skip_bad,
+                     records_per_shard, log, extra={"class_names": src.class_names})
+
+
+def write_split(src, directory: str, root: str, num_shards: int | None = None, skip_bad: bool = False,
+                records_per_shard: int = 2000, log=print, extra: dict | None = None) -> dict:
+  """Every record of `src` (any Source: `raw(i)` stored, `decode` validates) into ArrayRecord
+  shards and a manifest at `directory`, written to a temporary folder and renamed at the end."""
+  what = f"{src.meta.name}/{src.meta.split}"
   num_shards = num_shards or max(1, -(-len(src) // records_per_shard))
-  directory = datasets.prepared_dir(out, name, split)
   tmp = directory + ".tmp"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -47,15 +55,15 @@ def prepare(name: str, split: str, root: str, out: str, num_shards: int | None =
     writers[count * num_shards // len(src)].write(array_record.pack_record(raw))
     count += 1
     if log and (i + 1) % 1000 == 0:
-      log(f"{name}/{split}: {i + 1}/{len(src)}")
+      log(f"{what}: {i + 1}/{len(src)}")
   for w in writers:
     w.close()
   if count == 0:
-    raise DataError(f"{root}: every record of {name}/{split} was bad; nothing written")
+    raise DataError(f"{root}: every record of {what} was bad; nothing written")
   manifest = {
       "format_version": array_record.FORMAT_VERSION,
       "meta": dataclasses.asdict(src.meta),
-      "class_names": src.class_names,
+      **(extra or {}),
       "num_records": count,
       "num_skipped": src.skips.count,
       "skipped": src.skips.messages,
@@ -68,7 +76,7 @@ def prepare(name: str, split: str, root: str, out: str, num_shards: int | None =
   shutil.rmtree(directory, ignore_errors=True)
   os.rename(tmp, directory)
   if log:
-    log(f"{name}/{split}: wrote {count} records in {num_shards} shards to {directory} "
+    log(f"{what}: wrote {count} records in {num_shards} shards to {directory} "
         f"({manifest['num_skipped']} skipped)")
   return manifest
 

@@ -60,6 +60,39 @@ class RandomResize(grain.transforms.RandomMap):
     return resize(el, (max(1, round(h * s)), max(1, round(w * s))))
 
 
+class RandomResizedCrop(grain.transforms.RandomMap):
+  """torchvision's RandomResizedCrop (CLIP-style training, SimZSS): a box of `scale` × the image
+  area and aspect ratio in `ratio` (log-uniform), 10 tries, else the whole image centre-cropped to
+  the nearest allowed ratio; resized bilinearly to `size` (H, W). Images only (no dense maps)."""
+
+  def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    self.size, self.scale, self.ratio = tuple(size), tuple(scale), tuple(ratio)
+
+  def box(self, h, w, rng) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the crop, as torchvision's `get_params`."""
+    area, log_ratio = h * w, np.log(self.ratio)
+    for _ in range(10):
+      target = area * rng.uniform(*self.scale)
+      aspect = np.exp(rng.uniform(*log_ratio))
+      cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+      if 0 < cw <= w and 0 < ch <= h:
+        return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+    aspect = w / h
+    if aspect < self.ratio[0]:
+      cw, ch = w, int(round(w / self.ratio[0]))
+    elif aspect > self.ratio[1]:
+      ch, cw = h, int(round(h * self.ratio[1]))
+    else:
+      cw, ch = w, h
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
+
+  def random_map(self, el, rng):
+    top, left, ch, cw = self.box(*el["image"].shape[:2], rng)
+    image = Image.fromarray(el["image"]).resize((self.size[1], self.size[0]), Image.BILINEAR,
+                                                box=(left, top, left + cw, top + ch))
+    return dict(el, image=np.asarray(image))
+
+
 def shortest_edge_size(hw, short_edge: int, max_size: int | None = None) -> tuple[int, int]:
   """detectron2's ResizeShortestEdge.get_output_shape: the short side becomes `short_edge`; if the
   long side would pass `max_size`, both scale down so it equals `max_size`; int(x + 0.5) rounding."""
