@@ -33,7 +33,9 @@ def get_config(arg: str = ""):
       tau1_init=100.0 / 3,     # OURS: CLIP's scale 100 on the mean of the k view maps
       tau2_init=0.07,          # OURS: CLIP's initial temperature
       gamma=100.0,             # OURS: pixel-softmax sharpness of global prompt refining (near max-pool)
-      gpr_bias=False,          # OURS if True: learnable threshold b in g = σ((pooled − b)/τ2)
+      global_prompt_refining=True,  # False: the paper's "w/o GPR" ablation (m = m_f, no L_cls)
+      gpr_bias=True,           # OURS: learnable threshold b in g = σ((pooled − b)/τ2); False: the paper's
+                               # form, whose gate stays > 0.5 for any class with a positive pooled cosine
       dtype="float32")
   c.loss = dict(seg_weight=1.0, cls_weight=1.0, oc_weight=1.0)  # OURS: λ1, λ2, λ3
   dataset = next((DATASETS[v] for v in variants if v in DATASETS), "coco_stuff_171")
@@ -63,6 +65,10 @@ def get_config(arg: str = ""):
     c.data.update(train="demo", crop_size=128, scale_range=(0.8, 1.25), num_masks=12, worker_count=0)
     c.evals.zero_shot.update(dataset="demo", every=150, max_images=64, short_side=128, batch_size=8)
     c.evals.pictures.update(dataset="demo", short_side=128)
+    # The demo CLIP learned the demo classes through handcrafted templates: start the contexts
+    # there ("a photo of a", CoOp's other initialisation), so training refines MaskCLIP's prompt.
+    c.model.context_init = "a photo of a"
+    c.evals.zero_shot.update(every=300)
     c.optim.update(warmup_steps=20)
-    c.train.update(batch_size=8, steps=300, log_every=25, ckpt_every=150)
+    c.train.update(batch_size=8, steps=600, log_every=25, ckpt_every=300)
   return c

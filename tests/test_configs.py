@@ -17,7 +17,8 @@ from trainer_helpers import tiny_config
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.py"))
 VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt_vitb.py": ["", "demo"],
             # The ConvNeXt recipes share the ViT recipe's variants; their full-size builds are the slow part.
-            "maft_plus_convnext_b.py": ["", "demo"], "maft_plus_convnext_l.py": [""]}
+            "maft_plus_convnext_b.py": ["", "demo"], "maft_plus_convnext_l.py": [""],
+            "mvp_seg_vitb16.py": ["", "demo", "voc", "context"]}
 
 
 def _recipes():

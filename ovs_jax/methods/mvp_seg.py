@@ -53,6 +53,8 @@ class MVPSeg(nnx.Module):
     # form) an absent class's gate stays above 0.5 whenever its pooled cosine is positive.
     self.gpr_bias = nnx.Param(jnp.zeros((), jnp.float32)) if c.get("gpr_bias", False) else nnx.data(None)
     self.gamma = c.gamma
+    # Ablation switch (the paper's "w/o GPR" rows): m = m_f, no image-level loss.
+    self.refine = c.get("global_prompt_refining", True)
 
   @property
   def context_length(self) -> int:
@@ -75,9 +77,12 @@ class MVPSeg(nnx.Module):
     maps = self.view_maps(pixels, text, synonym_index)
     # Bilinear upsampling is linear: upsampling Σ m_i equals summing the upsampled m_i.
     bias = 0.0 if self.gpr_bias is None else self.gpr_bias[...]
-    return multi_view_segmentation(resize(maps[1:].sum(0), *out_hw), resize(maps[0], *out_hw),
-                                   pixel_mask, jnp.exp(self.log_tau1[...]),
-                                   jnp.exp(self.log_tau2[...]), self.gamma, bias)
+    log_m, class_logits = multi_view_segmentation(
+        resize(maps[1:].sum(0), *out_hw), resize(maps[0], *out_hw), pixel_mask,
+        jnp.exp(self.log_tau1[...]), jnp.exp(self.log_tau2[...]), self.gamma, bias)
+    if not self.refine:  # m = m_f: undo the gate (log g is constant over pixels for each class)
+      log_m = log_m - jax.nn.log_sigmoid(class_logits)[:, None, None, :]
+    return log_m, class_logits
 
 
 def multi_view_segmentation(views_sum, global_map, pixel_mask, tau1, tau2, gamma, bias=0.0):
@@ -94,12 +99,12 @@ def multi_view_segmentation(views_sum, global_map, pixel_mask, tau1, tau2, gamma
   return log_fused + jax.nn.log_sigmoid(class_logits)[:, None, None, :], class_logits
 
 
-def loss_terms(log_m, class_logits, contexts, label, num_classes, c):
-  """L = λ1·L_seg + λ2·L_cls + λ3·L_OC (weights from config.loss)."""
+def loss_terms(log_m, class_logits, contexts, label, num_classes, c, refine=True):
+  """L = λ1·L_seg + λ2·L_cls + λ3·L_OC (weights from config.loss; no L_cls without refining)."""
   terms = {"loss_seg": pixel_cross_entropy(jax.nn.log_softmax(log_m, -1), label, num_classes),
            "loss_cls": image_level_loss(class_logits, label, num_classes),
            "loss_oc": orthogonal_constraint_loss(contexts[1:])}
-  total = (c.seg_weight * terms["loss_seg"] + c.cls_weight * terms["loss_cls"]
+  total = (c.seg_weight * terms["loss_seg"] + refine * c.cls_weight * terms["loss_cls"]
            + c.oc_weight * terms["loss_oc"])
   return total, terms
 
@@ -110,7 +115,8 @@ def loss_fn(model: MVPSeg, batch, ids, eot, synonym_index, loss_config):
   text = model.text_features(ids, eot)  # in the step: gradients reach the contexts
   log_m, class_logits = model(batch["image"], text, synonym_index, label.shape[1:],
                               (label >= 0) & (label < num_classes))
-  total, terms = loss_terms(log_m, class_logits, model.contexts[...], label, num_classes, loss_config)
+  total, terms = loss_terms(log_m, class_logits, model.contexts[...], label, num_classes, loss_config,
+                            model.refine)
   terms["tau1"], terms["tau2"] = jnp.exp(model.log_tau1[...]), jnp.exp(model.log_tau2[...])
   return total, terms
 
