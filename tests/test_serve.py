@@ -247,8 +247,8 @@ def server(tmp_path_factory):
            else ["--clip=random:tiny", "--templates=plain", "--short_side=64"])
   log = tmp_path_factory.mktemp("serve") / "server.log"
   with open(log, "w") as out:
-    proc = subprocess.Popen([sys.executable, "-m", "ovs_jax.serve", *model, f"--port={port}",
-                             "--max_megapixels=0.05"], stdout=out, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "ovs_jax.serve", *model, f"--port={port}"],
+                            stdout=out, stderr=subprocess.STDOUT)
   url = f"http://127.0.0.1:{port}"
   try:
     deadline = time.time() + 300
@@ -274,7 +274,7 @@ def browser():
   webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is in the test extra")
   options = webdriver.ChromeOptions()
   options.binary_location = CHROMIUM
-  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860"):
+  for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
     options.add_argument(arg)
   driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(CHROMEDRIVER))
   yield driver
@@ -333,8 +333,8 @@ def test_the_page_segments_an_upload_and_shows_refusals(browser, server, tmp_pat
   (tmp_path / "notes.txt").write_text("not a picture")
   assert submit(driver, tmp_path / "notes.txt", "cat").startswith("notes.txt: not an image this app can read")
   assert submit(driver, tmp_path / "scene.png", "").startswith("no class names")
-  Image.fromarray(scene(300, 300)).save(tmp_path / "large.png")
-  assert "large.png: 300 x 300 pixels (0.09 MP) is over this server's limit of 0.05 MP" in submit(
+  Image.new("RGB", (5000, 5000), (90, 150, 230)).save(tmp_path / "large.png")  # 84 kB, 25 MP
+  assert "large.png: 5000 x 5000 pixels (25 MP) is over this server's limit of 16.8 MP" in submit(
       driver, tmp_path / "large.png", "cat")
   # a demo scene becomes the chosen image
   driver.find_element("css selector", "#demos img").click()
