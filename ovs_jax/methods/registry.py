@@ -12,6 +12,7 @@ METHODS = {
     "maft_plus": "ovs_jax.methods.maft_plus",
     "maskclip": "ovs_jax.methods.maskclip",
     "mvp_seg": "ovs_jax.methods.mvp_seg",
+    "simzss": "ovs_jax.methods.simzss",
 }
 
 
