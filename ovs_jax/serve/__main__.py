@@ -16,6 +16,7 @@ from absl import app, flags, logging
 
 from ovs_jax.cli import ConfigError, guard
 from ovs_jax.config_check import inference_flags, integer, number, validate_flags
+from ovs_jax.templates import TEMPLATE_SETS, get_templates
 
 FLAGS = flags.FLAGS
 
@@ -27,7 +28,7 @@ def define_flags():
   flags.DEFINE_bool("demo", False, "the demo CLIP (demo:tiny, pre-trained on first use) and the demo "
                     "vocabulary preselected; offline")
   flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
-  flags.DEFINE_string("templates", "vild", "prompt templates: vild, imagenet or plain")
+  flags.DEFINE_enum("templates", "vild", sorted(TEMPLATE_SETS), "prompt templates")
   flags.DEFINE_string("vocab", None, "vocabulary preselected on the page (a shipped name, e.g. ade20k_150)")
   flags.DEFINE_integer("short_side", 448, "inference short side in pixels")
   flags.DEFINE_integer("max_size", 2560, "cap on the longer side")
@@ -64,13 +65,12 @@ def main(argv):
   from ovs_jax.inference.batching import InferenceConfig
   from ovs_jax.inference.segmenter import DEFAULT_CACHE
   from ovs_jax.serve.service import Limits, SegmentService, load_model
-  from ovs_jax.templates import get_templates
   vocab = FLAGS.vocab or ("demo" if FLAGS.demo else "")
   if vocab and vocab not in vocabulary_names():
     raise ConfigError(f"--vocab={vocab!r}: expected one of {', '.join(vocabulary_names())}")
   InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride)  # before loading
   if not jax.config.jax_compilation_cache_dir:  # unless set (JAX_COMPILATION_CACHE_DIR)
-    # Compiled programs persist across restarts: a new class list of a known size compiles nothing.
+    # Compiled programs persist across restarts (and serve class lists of the same sizes).
     jax.config.update("jax_compilation_cache_dir", str(DEFAULT_CACHE / "xla"))
   name, make_model = load_model(checkpoint=FLAGS.checkpoint,
                                 clip=None if FLAGS.checkpoint else FLAGS.clip or "demo:tiny",
