@@ -1,0 +1,232 @@
+"""SimZSS (Stegmüller et al., "A Simple Framework for Zero-Shot Segmentation", ICLR 2025): a frozen
+vision tower (DINOv2 ViT-B/14 with registers) and a CLIP-shaped text tower trained from captions to
+meet it, globally (class token ↔ caption) and locally (caption concepts ↔ the patches they name).
+The official code has no licence: nothing is copied; DESIGN §6 and docs/simzss.md give the formulas.
+
+* Frozen vision: class token z_cls (B, Dv) and patch tokens z (B, h, w, Dv).
+* Text: causal CLIP text tower (512 wide, 12 layers, 8 heads, GELU, random init), final LN, then
+  `text_projection` (Dt → Dv, no bias) on EVERY token; the EOT token is the caption embedding.
+* L = L_g (symmetric InfoNCE of z_cls and EOT, scale exp(s) ≤ 100, global batch)
+    + λ·L_l (concept loss, `losses/concept_alignment.py`), λ = 0.05.
+* Inference: cosine of each patch token with the class-name embeddings (templates averaged, max
+  over synonyms), upsampled bilinearly; a class named "background" scores the threshold instead,
+  so pixels whose best class scores below it become background.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ovs_jax.losses.concept_alignment import local_concept_loss
+from ovs_jax.losses.contrastive import logit_scale, symmetric_infonce
+from ovs_jax.methods.base import Method
+from ovs_jax.models.clip import TextTransformer, dense, l2_normalize
+from ovs_jax.models.clip_config import TowerConfig
+from ovs_jax.ops.resize import resize
+from ovs_jax.text_classifier import max_over_synonyms
+
+# Only the text side trains.
+FROZEN = (r"vision/",)
+BACKGROUND = "background"
+TOWERS = ("dinov2", "clip")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimZSSConfig:
+  text: TowerConfig     # `text` and `get_text_features` make the model a text classifier's encoder
+  vision_width: int
+
+
+def text_tower_config(m) -> TowerConfig:
+  """CLIP's text tower (OpenAI/OpenCLIP: MLP 4×, LN eps 1e-5, 77 positions, EOT = highest id)."""
+  return TowerConfig(m.text_width, 4 * m.text_width, m.text_layers, m.text_heads, "gelu")
+
+
+class SimZSS(nnx.Module):
+
+  def __init__(self, vision, text_model: TextTransformer, text_config: TowerConfig, vision_width: int,
+               *, dtype=jnp.float32, logit_scale_init: float = math.log(1 / 0.07), rngs: nnx.Rngs):
+    self.vision = vision
+    self.text_model = text_model
+    self.text_projection = dense(text_config.hidden_size, vision_width, ("embed", "proj"), dtype=dtype,
+                                 rngs=rngs, use_bias=False)
+    self.logit_scale = nnx.Param(jnp.asarray(logit_scale_init, jnp.float32), out_sharding=())
+    self.config = SimZSSConfig(text_config, vision_width)
+
+  @property
+  def dense_stride(self) -> int:
+    return self.vision.dense_stride
+
+  def image_features(self, pixels):
+    """(B, H, W, 3) CLIP-normalised -> (class token (B, Dv), patch tokens (B, h, w, Dv)), float32,
+    no gradient (the tower is frozen)."""
+    out = jax.lax.stop_gradient(self.vision(pixels))
+    return out.pooler_output.astype(jnp.float32), out.patch_tokens.astype(jnp.float32)
+
+  def text_tokens(self, ids):
+    """(B, L) ids -> (every token projected (B, L, Dv), the EOT token's (B, Dv))."""
+    tokens, eot = self.text_model(ids)
+    return self.text_projection(tokens), self.text_projection(eot)
+
+  def get_text_features(self, ids):
+    """(B, L) ids -> (B, Dv) caption / class-name embeddings (the text classifier's encoder)."""
+    return self.text_projection(self.text_model(ids)[1])
+
+
+def simzss_loss(model: SimZSS, batch, num_concepts: int, loss_config):
+  """batch: image (B, H, W, 3), text_ids (B, L), concept_ids/starts/ends (B, C) -> (L, terms)."""
+  cls, patches = model.image_features(batch["image"])
+  tokens, eot = model.text_tokens(batch["text_ids"])
+  scale = logit_scale(model.logit_scale[...])
+  global_loss = symmetric_infonce(l2_normalize(cls), l2_normalize(eot.astype(jnp.float32)), scale)
+  b, h, w, d = patches.shape
+  local_loss = local_concept_loss(
+      tokens, patches.reshape(b, h * w, d), batch["concept_ids"], batch["concept_starts"],
+      batch["concept_ends"], num_concepts, attention_temperature=loss_config.attention_temperature,
+      temperature=loss_config.concept_temperature, target=loss_config.local_target)
+  total = global_loss + loss_config.local_weight * local_loss
+  concepts = (batch["concept_ids"] >= 0).sum() / b
+  return total, {"loss_global": global_loss, "loss_local": local_loss, "logit_scale": scale,
+                 "concepts_per_caption": concepts.astype(jnp.float32)}
+
+
+def background_class(vocabulary) -> int | None:
+  """The index of the class whose main name is "background", or None."""
+  return next((i for i, names in enumerate(vocabulary) if names[0].strip().lower() == BACKGROUND), None)
+
+
+def patch_text_scores(model: SimZSS, pixels, text, synonym_index, background=None, threshold=0.0):
+  """pixels (B, H, W, 3) -> (B, H, W, C): cosine of each patch with each class (max over synonyms;
+  `text` (S, Dv) unit), the background class (if any) at `threshold`, upsampled bilinearly."""
+  _, patches = model.image_features(pixels)
+  scores = max_over_synonyms(jnp.einsum("bhwd,sd->bhws", l2_normalize(patches), text), synonym_index)
+  if background is not None:
+    scores = scores.at[..., background].set(threshold)
+  return resize(scores, *pixels.shape[1:3])
+
+
+def architecture_record(model: SimZSS) -> dict:
+  """Everything `build_simzss` needs for the shapes: the vision tower's and the text tower's configs."""
+  from ovs_jax.models import clip_family
+  from ovs_jax.models.clip_dense_tower import ClipDenseTower
+  if isinstance(model.vision, ClipDenseTower):
+    vision = {"tower": "clip", "clip": clip_family.to_record(model.vision.clip.config)}
+  else:
+    vision = {"tower": "dinov2", "config": dataclasses.asdict(model.vision.config)}
+  return {"vision": vision, "text": dataclasses.asdict(model.config.text)}
+
+
+def _vision_tower(config, record=None):
+  """-> (frozen tower, its width). record: random weights in its shapes."""
+  from ovs_jax.methods.common import clip_from_config, compute_dtype
+  from ovs_jax.models import dinov2
+  v, m = config.vision, config.model
+  kw = dict(dtype=compute_dtype(m.dtype), scan=m.get("scan", False), remat=m.get("remat", False))
+  tower = record["tower"] if record else v.tower
+  if tower not in TOWERS:
+    raise ValueError(f"config.vision.tower={tower!r}: expected one of {TOWERS}")
+  if tower == "clip":  # the CPU demo: the CLIP of config.clip as (embedding, MaskCLIP dense map)
+    from ovs_jax.models.clip_dense_tower import ClipDenseTower
+    t = ClipDenseTower(clip_from_config(config, record and {"clip": record["clip"]}))
+    return t, t.width
+  if record:
+    cfg = dinov2.Dinov2Config(**record["config"])
+    t = dinov2.build(cfg, rngs=nnx.Rngs(config.seed), **kw)
+  elif v.weights == "random":
+    t = dinov2.build(dinov2.get_preset(v.arch), rngs=nnx.Rngs(config.seed), **kw)
+  elif not v.weights:
+    raise ValueError("config.vision.weights is not set: give DINOv2-with-registers weights with "
+                     "--config.vision.weights=PATH (an HF Dinov2WithRegisters directory, or a timm "
+                     "vit_base_patch14_reg4_dinov2 file with --config.vision.arch; docs/backbones.md)")
+  else:
+    from ovs_jax.interchange.dinov2 import load_dinov2
+    t = load_dinov2(v.weights, arch=v.arch or None, denoiser=v.get("denoiser") or None, **kw)
+  return t, t.config.hidden_size
+
+
+def build_simzss(config, architecture=None) -> SimZSS:
+  """The model from the config (weights) or an `architecture_record` (shapes, random weights)."""
+  from ovs_jax.methods.common import compute_dtype
+  m = config.model
+  kw = dict(dtype=compute_dtype(m.dtype), scan=m.get("scan", False), remat=m.get("remat", False))
+  vision, width = _vision_tower(config, architecture and architecture["vision"])
+  rngs = nnx.Rngs(config.seed + 1)
+  if architecture is not None:
+    text_config = TowerConfig(**architecture["text"])
+    text = TextTransformer(text_config, rngs=rngs, **kw)
+  elif m.text_init == "random":
+    text_config = text_tower_config(m)
+    text = TextTransformer(text_config, rngs=rngs, **kw)
+  else:  # a CLIP's text tower (weights path): its own shape, not model.text_*
+    from ovs_jax.interchange.clip_weights import load_clip
+    clip = load_clip(m.text_init, **kw)
+    text, text_config = clip.text_model, clip.config.text
+  return SimZSS(vision, text, text_config, width, dtype=kw["dtype"],
+                logit_scale_init=math.log(1 / m.init_temperature), rngs=rngs)
+
+
+class SimZSSMethod(Method):
+  name = "simzss"
+
+  def build_model(self, config, architecture=None) -> SimZSS:
+    return build_simzss(config, architecture)
+
+  def architecture(self, model: SimZSS) -> dict:
+    return architecture_record(model)
+
+  # ---- captions instead of segmentation crops ----
+  def train_source(self, config):
+    from input_pipeline.captions import caption_source
+    from ovs_jax.inference.engine import FirstRecords
+    d = config.data
+    src = caption_source(d.captions, "train", root=d.root or None, skip_bad=d.skip_bad)
+    return FirstRecords(src, d.train_max_images) if d.get("train_max_images") else src
+
+  def training_vocabulary(self, config):
+    return []  # trained on captions: no class vocabulary
+
+  def train_data(self, config, source, mesh):
+    from input_pipeline import loader
+    from input_pipeline.captions import caption_transforms
+    from input_pipeline.global_batch import DevicePrefetcher
+    from input_pipeline.mappers import Mapper
+    from ovs_jax import sharding
+    d = config.data
+    ops = caption_transforms(d.crop_size, tuple(d.scale_range), d.get("concept_bank") or None)
+    it = iter(loader.make_train_loader(source, config.train.batch_size, Mapper(ops), seed=config.seed,
+                                       worker_count=d.worker_count))
+    return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+
+  def batch_spec(self, config, batch_size, height, width):
+    from input_pipeline.concepts import MAX_CONCEPTS
+    c = (batch_size, MAX_CONCEPTS)
+    return {"image": ((batch_size, height, width, 3), "float32"), "text_ids": ((batch_size, 77), "int32"),
+            "concept_ids": (c, "int32"), "concept_starts": (c, "int32"), "concept_ends": (c, "int32")}
+
+  def loss(self, model, batch, rng, context, config):
+    from input_pipeline.concepts import load_bank
+    del rng, context  # deterministic; no per-vocabulary context
+    return simzss_loss(model, batch, len(load_bank(config.data.get("concept_bank") or None)), config.loss)
+
+  def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
+                         train_vocabulary=None, name=None):
+    from ovs_jax.inference.segmentation_model import SegmentationModel
+    from ovs_jax.text_classifier import build_text_classifier
+    model = nnx.merge(graphdef, *states)
+    clf = build_text_classifier(model, vocabulary, templates, cache_dir=cache_dir)
+    background, threshold = background_class(vocabulary), float(config.model.background_threshold)
+
+    def apply(params, pixels, valid):
+      del valid  # every patch is scored on its own
+      states, text, index = params
+      return patch_text_scores(nnx.merge(graphdef, *states), pixels, text, index, background, threshold)
+    return SegmentationModel(name or self.name, apply,
+                             (tuple(states), jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
+                             [v[0] for v in vocabulary], input_multiple=model.dense_stride)
+
+
+METHOD = SimZSSMethod()
