@@ -12,7 +12,7 @@ from ovs_jax import optim
 from ovs_jax.heads.learned_prompts import prompt_token_ids, prompted_text_features, template_contexts
 from ovs_jax.losses.multi_view import orthogonal_constraint_loss
 from ovs_jax.methods import mvp_seg
-from ovs_jax.models import clip_family
+from ovs_jax.models import clip_config, clip_family
 from ovs_jax.models.clip import l2_normalize
 from ovs_jax.tokenizer import tokenize
 
@@ -21,7 +21,9 @@ NAMES = ["sky", "green grass", "cardboard box", "potted plant", "tvmonitor"]
 
 @pytest.fixture(scope="module")
 def clip():
-  return clip_family.build_clip(clip_family.get_arch("tiny"), rngs=nnx.Rngs(0))
+  # two narrow layers per tower: the splicing, not the size, is under test
+  cfg = clip_config._preset(64, 2, 2, 16, 64, 64, 2, proj=32)
+  return clip_family.build_clip(cfg, rngs=nnx.Rngs(0))
 
 
 def test_template_contexts_reproduce_the_plain_text_tower(clip):
@@ -30,8 +32,8 @@ def test_template_contexts_reproduce_the_plain_text_tower(clip):
   t = clip.config.text
   ids, eot = prompt_token_ids(NAMES, 4, t.max_position_embeddings, t.eos_token_id)
   assert ids.shape[1] < t.max_position_embeddings  # trimmed after the last EOT
-  spliced = prompted_text_features(clip, contexts, jnp.asarray(ids), jnp.asarray(eot))
-  plain = l2_normalize(clip.get_text_features(jnp.asarray(
+  spliced = nnx.jit(prompted_text_features)(clip, contexts, jnp.asarray(ids), jnp.asarray(eot))
+  plain = l2_normalize(nnx.jit(lambda m, i: m.get_text_features(i))(clip, jnp.asarray(
       tokenize([f"a photo of a {n}." for n in NAMES], t.max_position_embeddings))))
   np.testing.assert_allclose(spliced[0], plain, atol=1e-5)
   np.testing.assert_allclose(spliced[1], plain, atol=1e-5)
@@ -53,7 +55,7 @@ def test_gradients_reach_only_the_contexts_and_temperatures(clip):
            "label": jnp.asarray(rng.integers(0, 5, (2, 64, 64)), jnp.int32)}
   import ml_collections
   weights = ml_collections.ConfigDict(dict(seg_weight=1.0, cls_weight=1.0, oc_weight=1.0))
-  grads = nnx.grad(lambda m: mvp_seg.loss_fn(m, batch, ids, eot, index, weights)[0])(model)
+  grads = nnx.jit(nnx.grad(lambda m: mvp_seg.loss_fn(m, batch, ids, eot, index, weights)[0]))(model)
   flat = {optim.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(grads))[0]}
   trainable = {optim.path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(
       nnx.to_pure_dict(nnx.state(model, optim.trainable_filter(mvp_seg.FROZEN))))[0]}
@@ -147,3 +149,27 @@ def test_ignored_pixels_never_reach_a_loss():
     assert np.isfinite(b).all()
     np.testing.assert_array_equal(a, b)
     assert (np.asarray(b)[ignored] == 0).all()
+
+
+def test_trained_and_evaluated_under_the_zero_shot_protocol_through_the_shared_code(tmp_path):
+  """The :demo recipe shrunk: the trainer holds out the unseen classes, the zero_shot evaluator
+  reports seen/unseen/hIoU with the MaskCLIP baseline, and evaluate's loader reads the workdir
+  (tests/test_method_contract.py checks that loader's numbers equal the trainer's evaluator's)."""
+  from configs.mvp_seg_vitb16 import get_config
+  from ovs_jax.inference.segmentation_model import build_from_checkpoint
+  from ovs_jax.restore import restore_workdir
+  from ovs_jax.trainer import train_and_evaluate
+  from trainer_helpers import apply_overrides
+  config = apply_overrides(get_config("demo"), {
+      "clip.weights": "random", "data.crop_size": 64,
+      "evals.zero_shot.short_side": 64, "evals.zero_shot.max_images": 8, "evals.zero_shot.every": 0,
+      "evals.pictures.every": -1, "train.steps": 4, "train.ckpt_every": 4, "train.log_every": 1})
+  result = train_and_evaluate(config, tmp_path)
+  zs = result["evals"]["zero_shot"]
+  assert zs["unseen_classes"] == ["sand", "box", "tree"] and zs["num_images"] == 8
+  assert {"mIoU_seen", "mIoU_unseen", "hIoU"} <= set(zs) and "hIoU" in zs["baseline"]
+  _, _, state, step = restore_workdir(tmp_path)
+  assert step == 4 and set(state["params"]) == {"contexts", "log_tau1", "log_tau2", "gpr_bias"}
+  assert build_from_checkpoint(tmp_path, [["sky"], ["grass", "lawn"], ["sand"]]).class_names == \
+      ["sky", "grass", "sand"]  # any vocabulary
+

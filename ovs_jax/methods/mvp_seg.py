@@ -39,13 +39,12 @@ class MVPSeg(nnx.Module):
     c = model_config
     self.clip = clip
     views, width = c.views + 1, clip.config.text.hidden_size
-    noise = 0.02 * jax.random.normal(rngs.params(), (views, c.context_length, width))
     if c.context_init == "random":  # CoOp's generic context: N(0, 0.02²)
-      contexts = noise
-    else:  # a handcrafted prompt, plus the same noise so the views can move apart (identical
-      # views get identical gradients and |cos| = 1 has zero gradient: they would never split)
+      contexts = jnp.zeros((views, c.context_length, width))
+    else:  # a handcrafted prompt (n = its word count), plus the same noise so the views can move
+      # apart (identical views get identical gradients and |cos| = 1 has zero gradient)
       contexts = template_contexts(clip, c.context_init, views)
-      contexts = contexts + noise[:, :contexts.shape[1]]
+    contexts = contexts + 0.02 * jax.random.normal(rngs.params(), contexts.shape)
     self.contexts = nnx.Param(contexts)  # (k+1, n, D): p0 global, p1..pk views
     self.log_tau1 = nnx.Param(jnp.asarray(math.log(c.tau1_init), jnp.float32))
     self.log_tau2 = nnx.Param(jnp.asarray(math.log(c.tau2_init), jnp.float32))
