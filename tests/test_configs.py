@@ -18,7 +18,7 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.py"))
 VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt_vitb.py": ["", "demo"],
             # The ConvNeXt recipes share the ViT recipe's variants; their full-size builds are the slow part.
             "maft_plus_convnext_b.py": ["", "demo"], "maft_plus_convnext_l.py": [""],
-            "mvp_seg_vitb16.py": ["", "demo", "voc", "context"]}
+            "mvp_seg_vitb16.py": ["", "demo", "voc", "context"], "simzss_dinov2_b14.py": ["", "demo"]}
 
 
 def _recipes():
@@ -36,6 +36,8 @@ def test_recipe_model_and_loss_build_under_eval_shape(path, arg):
   config = recipe_config(path, arg)
   assert config.method in method_names()
   config.clip.weights = "random"  # shapes only; nothing is downloaded or pre-trained
+  if "vision" in config:  # a method's own image tower (SimZSS's DINOv2)
+    config.vision.weights = "random"
   method = get_method(config.method)
   model = nnx.eval_shape(lambda: method.build_model(config))
   record = method.architecture(model)
@@ -44,7 +46,7 @@ def test_recipe_model_and_loss_build_under_eval_shape(path, arg):
   spec = method.batch_spec(config, 2, 128, 160)  # stride-32 maps >= 4 wide (RC's POD pyramid)
   batch = {k: jax.ShapeDtypeStruct(s, jnp.dtype(d)) for k, (s, d) in spec.items()}
   context = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s[0], jnp.dtype(s[1])), method.context_spec(model, 5, 2),
-                         is_leaf=lambda x: isinstance(x, tuple) and isinstance(x[1], str))
+                         is_leaf=lambda x: isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], str))
   graphdef, state = nnx.split(model)
   loss, terms = jax.eval_shape(
       lambda st, b, c: method.loss(nnx.merge(graphdef, st), b, jax.random.PRNGKey(0), c, config),
