@@ -81,6 +81,7 @@ def test_background_threshold(run):
     cfg.model.background_threshold = threshold
     seg = get_method("simzss").segmentation_model(graphdef, (state["params"], state["frozen"]), cfg,
                                                    vocab, templates=get_templates("vild"))
+    assert seg.name.endswith(f"(background below {threshold:g})")  # reported with the results
     scores = seg.apply(seg.params, pixels, valid)
     return scores, np.asarray(scores.argmax(-1))
 

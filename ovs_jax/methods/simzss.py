@@ -224,7 +224,10 @@ class SimZSSMethod(Method):
       del valid  # every patch is scored on its own
       states, text, index = params
       return patch_text_scores(nnx.merge(graphdef, *states), pixels, text, index, background, threshold)
-    return SegmentationModel(name or self.name, apply,
+    name = name or self.name
+    if background is not None:  # reported with the results: the row names the threshold
+      name = f"{name} (background below {threshold:g})"
+    return SegmentationModel(name, apply,
                              (tuple(states), jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
                              [v[0] for v in vocabulary], input_multiple=model.dense_stride)
 
