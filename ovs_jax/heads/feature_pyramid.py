@@ -53,12 +53,14 @@ class SimpleFeaturePyramid(nnx.Module):
     self.output_norm = nnx.List([layer_norm(out_dim, eps=1e-6, **kw) for _ in LEVELS])
 
   def __call__(self, x):
-    """x: (B, h, w, D) stride-16 features -> dict of (B, H_s, W_s, out_dim) per level."""
+    """x: (B, h, w, D) stride-16 features, or 4 of them, one per level (res2..res5: e.g. the
+    outputs of ViT blocks 4/6/8/12 as GKC's ViT option) -> dict of (B, H_s, W_s, out_dim) per level."""
+    x2, x3, x4, x5 = x if isinstance(x, (list, tuple)) else (x,) * 4
     scaled = (
-        self.up4_2(nnx.gelu(self.up4_norm(self.up4_1(x)), approximate=False)),
-        self.up2(x),
-        x,
-        nnx.max_pool(x, (2, 2), (2, 2)),
+        self.up4_2(nnx.gelu(self.up4_norm(self.up4_1(x2)), approximate=False)),
+        self.up2(x3),
+        x4,
+        nnx.max_pool(x5, (2, 2), (2, 2)),
     )
     out = {}
     for i, (name, y) in enumerate(zip(LEVELS, scaled)):

@@ -34,17 +34,20 @@ def pairwise_dice_cost(logits, targets):
   return 1 - (2 * p @ targets.T + 1) / (p.sum(-1)[:, None] + targets.sum(-1)[None] + 1)
 
 
-def classification_loss(logits, target_classes, void_weight):
+def classification_loss(logits, target_classes, void_weight, ignore=None):
   """Cross-entropy over K+1 classes, the void class (last) weighted by `void_weight`.
 
   Args:
     logits: (B, Q, K+1); target_classes: (B, Q) int, K for unmatched queries.
+    ignore: optional (B, Q) bool, queries left out (torch's `ignore_index`; GKC's region dropout).
   Returns:
-    weighted mean Σ w·nll / Σ w, as torch's `cross_entropy(weight=...)`.
+    weighted mean Σ w·nll / Σ w, as torch's `cross_entropy(weight=..., ignore_index=...)`.
   """
   num_void = logits.shape[-1] - 1
   logp = jax.nn.log_softmax(logits.astype(jnp.float32))
   nll = -jnp.take_along_axis(logp, target_classes[..., None], axis=-1)[..., 0]
   w = jnp.where(target_classes == num_void, void_weight, 1.0)
+  if ignore is not None:
+    w = jnp.where(ignore, 0.0, w)
   return jnp.sum(w * nll) / jnp.sum(w)
 

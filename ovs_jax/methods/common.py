@@ -1,8 +1,9 @@
-"""Pieces every method's `build_model` shares: CLIP from config, compute dtype."""
+"""Pieces methods share: CLIP from config, compute dtype, frozen copies, mask targets of a batch."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -49,3 +50,20 @@ def clip_from_config(config, architecture: dict | None = None) -> CLIPBase:
   arch = c.arch if (c.arch in openclip.known_configs() or c.arch in clip_family.OPENCLIP_PRESETS
                     or str(c.arch).endswith(".json")) else None
   return load_clip(c.weights, hidden_act=c.get("hidden_act") or None, arch=arch, **kw)
+
+
+def frozen_copy(module: nnx.Module) -> nnx.Module:
+  """A copy of `module` in its own buffers (a teacher: jit donates the student's), e.g. the frozen
+  initial CLIP image tower of MAFT+'s RC and GKC's distillation."""
+  copy = nnx.clone(module)
+  nnx.update(copy, jax.tree.map(lambda x: jnp.array(x, copy=True), nnx.state(copy)))
+  return copy
+
+
+def mask_targets(batch):
+  """Loader batch -> {'labels', 'masks', 'valid'} targets; masks rebuilt on device if not shipped."""
+  classes = batch["mask_classes"]
+  masks = batch.get("masks")
+  if masks is None:
+    masks = batch["label"][:, None].astype(jnp.int32) == classes[..., None, None]
+  return {"labels": jnp.maximum(classes, 0), "masks": masks, "valid": batch["mask_valid"] & (classes >= 0)}

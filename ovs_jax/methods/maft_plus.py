@@ -33,6 +33,7 @@ from ovs_jax.losses.mask_aware import mask_aware_loss
 from ovs_jax.losses.representation_compensation import representation_compensation_loss
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
 from ovs_jax.methods.base import Method
+from ovs_jax.methods.common import frozen_copy, mask_targets
 from ovs_jax.models.clip import CLIPBase, l2_normalize
 from ovs_jax.models.resnet_clip import ResNetCLIP
 from ovs_jax.ops.mask_pooling import mask_pool
@@ -61,9 +62,7 @@ class MAFTPlus(nnx.Module):
                        "backbone; use a ConvNeXt or ViT CLIP (docs/backbones.md)")
     dim = clip.config.projection_dim
     self.clip = clip
-    # Frozen copy of the initial image tower, in its own buffers (jit donates the student's).
-    self.teacher = nnx.clone(clip.image_tower)
-    nnx.update(self.teacher, jax.tree.map(lambda x: jnp.array(x, copy=True), nnx.state(self.teacher)))
+    self.teacher = frozen_copy(clip.image_tower)  # the initial image tower (RC's teacher)
     kw = dict(dtype=dtype, rngs=rngs)
     # A ViT's single stride-16 map goes through a simple feature pyramid; a convolutional tower
     # (ConvNeXt) gives res2..res5 itself, as the official backbone's `extract_features`.
@@ -142,13 +141,7 @@ def nchw_rows(x):
   return jnp.transpose(x, (0, 3, 1, 2)).reshape(b, h, w, c)
 
 
-def targets_from_batch(batch):
-  """Loader batch -> {'labels', 'masks', 'valid'} targets; masks rebuilt on device if not shipped."""
-  classes = batch["mask_classes"]
-  masks = batch.get("masks")
-  if masks is None:
-    masks = batch["label"][:, None].astype(jnp.int32) == classes[..., None, None]
-  return {"labels": jnp.maximum(classes, 0), "masks": masks, "valid": batch["mask_valid"] & (classes >= 0)}
+targets_from_batch = mask_targets  # loader batch -> mask targets (shared with GKC)
 
 
 def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):

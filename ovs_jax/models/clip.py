@@ -105,6 +105,24 @@ class Encoder(nnx.Module):
     return block(nnx.merge(graphdef, jax.tree.map(lambda a: a[-1], state)), x, True)
 
 
+  def run_blocks(self, x, start: int, stop: int):
+    """(B, T, D) through layers [start, stop) (0-based), as `__call__` runs them."""
+    if not self.scan:
+      layers = list(self.layers)[start:stop]
+      if self.remat and layers:
+        return remat_scan(layers, x)
+      for layer in layers:
+        x = layer(x)
+      return x
+    block = (lambda layer, h: layer(h))
+    if self.remat:
+      block = nnx.remat(block)
+    graphdef, state = nnx.split(self.layers)
+    def body(h, layer_state):
+      return block(nnx.merge(graphdef, layer_state), h), None
+    return jax.lax.scan(body, x, jax.tree.map(lambda a: a[start:stop], state))[0]
+
+
 class VisionEmbeddings(nnx.Module):
 
   def __init__(self, cfg: TowerConfig, *, dtype, rngs: nnx.Rngs):
@@ -147,6 +165,18 @@ class VisionTransformer(nnx.Module):
     ViTs train without stochastic depth: `rng` is unused)."""
     x, (h, w) = self(pixels, maskclip=maskclip)
     return x[:, 1:].reshape(x.shape[0], h, w, -1)
+
+  def block_features(self, pixels, blocks):
+    """(B, H, W, 3) -> [(B, h, w, D)]: patch tokens after each of `blocks` (1-based, increasing;
+    e.g. 4, 6, 8, 12 for a 4-level pyramid), no layer past the last one run."""
+    x, (h, w) = self.embeddings(pixels)
+    x = self.pre_layrnorm(x)
+    out, start = [], 0
+    for stop in blocks:
+      x = self.encoder.run_blocks(x, start, stop)
+      out.append(x[:, 1:].reshape(x.shape[0], h, w, -1))
+      start = stop
+    return out
 
 
 class TextEmbeddings(nnx.Module):
