@@ -30,7 +30,7 @@ def get_config(arg: str = ""):
   c.clip = dict(templates="vild")  # OURS: ViLD's templates for class names at inference
   c.model = dict(
       text_width=512, text_layers=12, text_heads=8,  # DESIGN: CLIP-shaped text tower
-      text_init="random",           # DESIGN: from scratch; or a CLIP weights path (its text tower)
+      text_init="random",           # DESIGN: from scratch; "clip": config.clip's text tower
       init_temperature=0.07,        # DESIGN: logit scale 1/0.07, clamped ≤ 100
       background_threshold=0.2,     # OURS: cosine below which a pixel is "background" (voc_21)
       dtype="float32")

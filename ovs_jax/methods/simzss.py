@@ -161,10 +161,13 @@ def build_simzss(config, architecture=None) -> SimZSS:
   elif m.text_init == "random":
     text_config = text_tower_config(m)
     text = TextTransformer(text_config, rngs=rngs, **kw)
-  else:  # a CLIP's text tower (weights path): its own shape, not model.text_*
-    from ovs_jax.interchange.clip_weights import load_clip
-    clip = load_clip(m.text_init, **kw)
+  elif m.text_init == "clip":  # the text tower of config.clip's CLIP: its own shape, not model.text_*
+    from ovs_jax.methods.common import clip_from_config
+    clip = clip_from_config(config)
     text, text_config = clip.text_model, clip.config.text
+  else:
+    raise ValueError(f"config.model.text_init={m.text_init!r}: expected 'random' (SimZSS) or 'clip' "
+                     "(the text tower of the CLIP that config.clip names)")
   return SimZSS(vision, text, text_config, width, dtype=kw["dtype"],
                 logit_scale_init=math.log(1 / m.init_temperature), rngs=rngs)
 
