@@ -37,6 +37,9 @@ def get_config(arg: str = ""):
                  # remat recomputes CLIP and pixel-decoder layers in the backward pass
                  # (less memory, about one more forward; see docs/training.md, Memory).
                  dtype="bfloat16", scan=False, remat=False,
+                 # Attention kernel: "auto" (per backend and length), "xla", "chunked", "cudnn", "pallas"
+                 # (ovs_jax/ops/attention.py).
+                 attention="auto",
                  # Inference: "none" = MAFT+ (out-of-vocab class probabilities x (1 - p_void));
                  # "geometric" = FC-CLIP's ensemble with the in-vocab head (alpha seen, beta unseen).
                  ensemble="none", ensemble_alpha=0.4, ensemble_beta=0.8)

@@ -27,6 +27,7 @@ def get_config(arg: str = ""):
   c.seed = 0
   c.clip = dict(weights="", arch="vit_b16", hidden_act="", templates="vild")  # templates: baseline only
   c.model = dict(
+      attention="auto",        # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py)
       views=3,                 # k (paper: 3 is best)
       context_length=16,       # OURS: CoOp's default n (used with context_init="random")
       context_init="random",   # OURS: CoOp's generic N(0, 0.02²); or a prompt such as "a photo of a"

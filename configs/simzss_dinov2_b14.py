@@ -29,6 +29,7 @@ def get_config(arg: str = ""):
   c.vision = dict(tower="dinov2", arch="vit_base_patch14_reg4_dinov2", weights="", denoiser="")
   c.clip = dict(templates="vild")  # OURS: ViLD's templates for class names at inference
   c.model = dict(
+      attention="auto",        # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py)
       text_width=512, text_layers=12, text_heads=8,  # DESIGN: CLIP-shaped text tower
       text_init="random",           # DESIGN: from scratch; "clip": config.clip's text tower
       init_temperature=0.07,        # DESIGN: logit scale 1/0.07, clamped ≤ 100

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ovs_jax.ops.attention import multi_head_attention
+from ovs_jax.ops.attention import IMPLS as ATTENTION_IMPLS, multi_head_attention
 
 # Parameters carry logical axis names only; `ovs_jax.sharding` places them on a mesh by rules at
 # jit time, so no mesh is needed to build a model (every model builds its layers from here).
@@ -105,6 +105,7 @@ class MultiHeadAttention(nnx.Module):
   def __init__(self, dim, num_heads, *, dtype, param_dtype=jnp.float32, rngs, kernel_init=xavier):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, kernel_init=kernel_init)
     self.num_heads = num_heads
+    self.attention_impl = "auto"  # set for a whole model by `set_attention`
     self.q_proj = linear(dim, dim, ('embed', 'heads'), **kw)
     self.k_proj = linear(dim, dim, ('embed', 'heads'), **kw)
     self.v_proj = linear(dim, dim, ('embed', 'heads'), **kw)
@@ -113,9 +114,21 @@ class MultiHeadAttention(nnx.Module):
   def __call__(self, q, k, v, mask=None, *, is_causal=False):
     """q (B, Lq, C), k and v (B, Lk, C), mask broadcastable to (B, heads, Lq, Lk) -> (B, Lq, C)."""
     out = multi_head_attention(self.q_proj(q), self.k_proj(k), self.v_proj(v), self.num_heads,
-                               mask=mask, is_causal=is_causal)
+                               mask=mask, is_causal=is_causal, impl=self.attention_impl)
     return self.out_proj(out)
 
   def value_path(self, x):
     """MaskCLIP: each token keeps its own value (attention replaced by the identity)."""
     return self.out_proj(self.v_proj(x))
+
+
+def set_attention(model: nnx.Module, impl: str) -> nnx.Module:
+  """Every attention of `model` (any module with an `attention_impl` attribute) uses `impl`, one of
+  `ops.attention.IMPLS` (config.model.attention); a static attribute, so it is part of the graphdef
+  and of every jitted function built from it."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"config.model.attention={impl!r}: expected one of {ATTENTION_IMPLS}")
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.Module) and hasattr(module, 'attention_impl'):
+      module.attention_impl = impl
+  return model

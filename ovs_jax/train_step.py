@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ovs_jax import optim, sharding
+from ovs_jax import layers, optim, sharding
 
 
 @dataclasses.dataclass
@@ -40,6 +40,8 @@ def init_train_state(method, config, mesh, *, abstract: bool = False, architectu
   if model is None:
     build = lambda: method.build_model(config, architecture)
     model = nnx.eval_shape(build) if abstract else build()
+  # The attention kernel is a static attribute of the graphdef (ops/attention.py).
+  layers.set_attention(model, config.model.get("attention", "auto"))
   graphdef, params, frozen = nnx.split(model, optim.trainable_filter(config.frozen), ...)
   pure_params, pure_frozen = nnx.to_pure_dict(params), nnx.to_pure_dict(frozen)
   optimizer = optim.make_optimizer(config.optim, config.train.steps, pure_params)

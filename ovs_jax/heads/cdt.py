@@ -45,6 +45,7 @@ class ContentDependentTransfer(nnx.Module):
       raise ValueError(f'CDT width {dim} must be divisible by num_heads={num_heads} and by 4')
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.dim, self.num_heads, self.mode, self.dtype = dim, num_heads, mode, dtype
+    self.attention_impl = 'auto'  # set for a whole model by `layers.set_attention`
     self.q_proj = linear(dim, dim, ('embed', 'heads'), kernel_init=_in_proj_init, **kw)
     self.k_proj = linear(dim, dim, ('embed', 'heads'), kernel_init=_in_proj_init, **kw)
     self.v_proj = linear(dim, dim, ('embed', 'heads'), kernel_init=_in_proj_init, **kw)
@@ -69,7 +70,8 @@ class ContentDependentTransfer(nnx.Module):
     pos = sine_position_encoding(h, w, d, dtype=self.dtype, offset=0.0).reshape(1, h * w, d)
 
     attn = self.out_proj(multi_head_attention(self.q_proj(text), self.k_proj(memory + pos),
-                                              self.v_proj(memory), self.num_heads))
+                                              self.v_proj(memory), self.num_heads,
+                                              impl=self.attention_impl))
     if self.mode == 'panoptic':
       return text + self.norm(self.mlp(attn))
     return self.norm(text + self.mlp(attn))

@@ -124,6 +124,7 @@ class AttentionPool2d(nnx.Module):
 
   def __init__(self, grid, dim, heads, out_dim, *, dtype, rngs):
     self.grid, self.num_heads = grid, heads
+    self.attention_impl = "auto"  # set for a whole model by `layers.set_attention`
     std = dim ** -0.5  # OpenAI's positional init; OpenCLIP's q/k/v/c init (c_proj.in_features)
     self.positional_embedding = layers.param(nnx.initializers.normal(std), (grid * grid + 1, dim),
                                              (None, "embed"), rngs=rngs)
@@ -152,7 +153,7 @@ class AttentionPool2d(nnx.Module):
     tokens = jnp.concatenate([mean, pixels], axis=1) + jnp.concatenate([pos0[None], pos])
     # Only the mean token's output is kept, so only it is queried (OpenAI's `query=x[:1]`).
     out = multi_head_attention(self.q_proj(tokens[:, :1]), self.k_proj(tokens), self.v_proj(tokens),
-                               self.num_heads)
+                               self.num_heads, impl=self.attention_impl)
     return self.c_proj(out)[:, 0]
 
   def value_path(self, x):
@@ -176,7 +177,7 @@ class AttentionPool2d(nnx.Module):
     # One query, shared by the Q masks.
     query = self.q_proj(jnp.mean(pixels, axis=1, keepdims=True) + pos0)
     out = multi_head_attention(jnp.broadcast_to(query, (b, q, c)), self.k_proj(kv), self.v_proj(kv),
-                               self.num_heads, mask=inside[:, None])
+                               self.num_heads, mask=inside[:, None], impl=self.attention_impl)
     return self.c_proj(jnp.where(empty, 0, out))
 
 
