@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 
 METHODS = {
+    "gkc": "ovs_jax.methods.gkc",
     "maft_plus": "ovs_jax.methods.maft_plus",
     "maskclip": "ovs_jax.methods.maskclip",
     "mvp_seg": "ovs_jax.methods.mvp_seg",

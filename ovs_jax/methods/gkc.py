@@ -1,0 +1,417 @@
+"""GKC (Han et al., ICCV 2023): Global Knowledge Calibration for fast open-vocabulary segmentation.
+
+A Mask2Former whose backbone is a CLIP image tower (the student, fine-tuned at lr ×0.1) and whose
+queries are classified by cosine with CLIP text embeddings of the raw class names. Generalisation
+comes from three training-only terms, so inference runs no CLIP image encoder on crops or masks:
+* *Region dropout*: each matched query's class target is ignored with p = 0.5.
+* *Text diversification* (`synonym_loss`): the class CE again, each segment named by a synonym
+  drawn from the shipped WordNet sets (`input_pipeline/synonyms.py`).
+* *Text-guided knowledge distillation* (`text_guided_kd_loss`): per-set projections of the
+  matched queries' embeddings regress a frozen CLIP's embeddings of the segments' crops
+  (`ops/segment_crops.py`), pairwise structure weighted by the text similarity of the names.
+Formulas, recipe and what the (incomplete) official release lacks: docs/gkc.md.
+"""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
+from ovs_jax.heads.mask_former import MaskFormerHead
+from ovs_jax.layers import linear, param
+from ovs_jax.losses.mask_losses import classification_loss
+from ovs_jax.losses.set_criterion import (MaskLossConfig, mask_classification_loss, match_set,
+                                          matched_target_classes, set_rngs)
+from ovs_jax.methods.base import Method
+from ovs_jax.methods.common import frozen_copy, mask_targets
+from ovs_jax.models.clip import CLIP, CLIPBase, l2_normalize
+from ovs_jax.models.resnet_clip import ResNetCLIP
+from ovs_jax.ops.resize import resize_nchw
+from ovs_jax.ops.segment_crops import segment_crops
+from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD
+from ovs_jax.text_classifier import max_over_synonyms
+
+# GKC trains no text tower and never uses the student's CLIP head (ViT post-LN + projection,
+# ResNet attention pool); the teacher is frozen. The trunk trains at lr x0.1 (BACKBONE).
+FROZEN = (r"clip/text_model/", r"clip/text_projection/", r"clip/logit_scale",
+          r"clip/vision_model/post_layernorm/", r"clip/visual_projection/",
+          r"clip/visual/attnpool/", r"teacher/")
+BACKBONE = r"clip/(vision_model|visual)/"
+RAW_NAMES = ("{}",)  # GKC embeds the bare class names: no prompt templates
+
+
+class ClassPath(nnx.Module):
+  """GKC's query classifier and distillation projections.
+
+  decoder_norm output -> Linear(D, D) shared by all prediction sets -> per set [ReLU, Linear(D, E)]
+  -> L2 -> cosine with [text; void] × exp(logit_scale) (not capped).
+  """
+
+  def __init__(self, dim, embed_dim, num_sets, *, dtype, rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.shared = linear(dim, dim, ("embed", "mlp"), **kw)
+    self.class_proj = nnx.List([linear(dim, embed_dim, ("mlp", "embed"), **kw)
+                                for _ in range(num_sets)])
+    # The official void embedding is drawn with std 512^-0.5 (whatever E); it is L2-normalised.
+    self.void_embedding = param(nnx.initializers.normal(512 ** -0.5), (1, embed_dim),
+                                (None, "embed"), rngs=rngs)
+    self.logit_scale = nnx.Param(jnp.asarray(math.log(1 / 0.07), jnp.float32))
+
+  def class_embedding(self, shared, i):
+    """(B, Q, D) shared embeddings of set i -> (B, Q, E) unit class embeddings."""
+    return l2_normalize(self.class_proj[i](nnx.relu(shared)).astype(jnp.float32))
+
+  def logits(self, embedding, text, active=None):
+    """embedding (B, Q, E) unit, text (K, E) unit rows -> (B, Q, K+1), void last; `active` (K,)
+    bool masks columns out (−inf), e.g. the synonym loss's unused extra classes."""
+    classes = jnp.concatenate([text.astype(jnp.float32),
+                               l2_normalize(self.void_embedding[...].astype(jnp.float32))])
+    logits = jnp.exp(self.logit_scale[...]) * jnp.einsum("bqe,ke->bqk", embedding, classes)
+    if active is not None:
+      keep = jnp.concatenate([active, jnp.ones((1,), bool)])
+      logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+class KDProjections(nnx.Module):
+  """The distillation student: per prediction set a Linear(D, E) (no ReLU) of the shared class
+  embedding. Training only: inference never builds it."""
+
+  def __init__(self, dim, embed_dim, num_sets, *, dtype, rngs):
+    self.proj = nnx.List([linear(dim, embed_dim, ("mlp", "embed"), dtype=dtype, rngs=rngs)
+                          for _ in range(num_sets)])
+
+  def __call__(self, shared, i):
+    """(..., D) shared embeddings of set i -> (..., E) unit distillation embeddings v."""
+    return l2_normalize(self.proj[i](shared).astype(jnp.float32))
+
+
+class FrozenImageEncoder(nnx.Module):
+  """The teacher: a frozen copy of the initial CLIP image encoder, head included."""
+
+  def __init__(self, clip: CLIPBase):
+    if isinstance(clip, CLIP):
+      self.tower = frozen_copy(clip.vision_model)
+      self.projection = frozen_copy(clip.visual_projection)
+    else:
+      self.tower, self.projection = frozen_copy(clip.visual), nnx.data(None)
+
+  def __call__(self, pixels):
+    """(N, S, S, 3) CLIP-normalised -> (N, E) unit image embeddings, no gradient."""
+    if self.projection is None:
+      x = self.tower(pixels)
+    else:
+      tokens, _ = self.tower(pixels)
+      x = self.projection(self.tower.post_layernorm(tokens[:, 0]))
+    return jax.lax.stop_gradient(l2_normalize(x.astype(jnp.float32)))
+
+
+class Segmenter(nnx.Module):
+  """What inference runs: the student trunk (no CLIP head), pyramid, mask head and class path.
+
+  Built over a GKC model's submodules (shared, not copied); `segmentation_model` splits it alone,
+  so the inference parameters hold no text tower, no teacher and no CLIP head.
+  """
+
+  def __init__(self, model: "GKC", strip_head: bool = False):
+    self.vit = isinstance(model.clip, CLIP)
+    self.tower = model.clip.image_tower
+    if strip_head:  # CLIP's head (ViT post-LN, ResNet attention pool): the mask head reads the trunk
+      if self.vit:
+        self.tower.post_layernorm = nnx.data(None)
+      else:
+        self.tower.attnpool = nnx.data(None)
+    self.blocks = model.blocks
+    self.pyramid, self.head, self.class_path = model.pyramid, model.head, model.class_path
+
+  def levels(self, pixels, rng=None):
+    """(B, H, W, 3) -> {'res2'..'res5'} mask-head inputs (gradients reach the trunk)."""
+    if self.vit:
+      return self.pyramid(self.tower.block_features(pixels, self.blocks))
+    features = self.tower.features(pixels, rng)
+    return {k: features[k] for k in ("res2", "res3", "res4", "res5")}
+
+  def __call__(self, pixels, rng=None):
+    """-> prediction sets [final, *aux] (as `prediction_sets`), each {'class_features' (B, Q, D),
+    'pred_masks' (B, Q, H/4, W/4), 'shared' (B, Q, D), 'embedding' (B, Q, E) unit, 'index'}."""
+    out = self.head(self.levels(pixels, rng))
+    sets = [*out["aux"], {k: v for k, v in out.items() if k != "aux"}]
+    for i, s in enumerate(sets):
+      s["shared"] = self.class_path.shared(s["class_features"])
+      s["embedding"] = self.class_path.class_embedding(s["shared"], i)
+      s["index"] = i
+    return [sets[-1], *sets[:-1]]
+
+
+class GKC(nnx.Module):
+
+  def __init__(self, clip: CLIPBase, model_config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    c = model_config
+    if not isinstance(clip, (CLIP, ResNetCLIP)):
+      raise ValueError(f"GKC runs on a CLIP ViT or ResNet (RN50/RN101) image tower, got "
+                       f"{type(clip).__name__}; set config.clip.arch (docs/gkc.md)")
+    self.clip = clip
+    self.teacher = FrozenImageEncoder(clip)
+    kw = dict(dtype=dtype, rngs=rngs)
+    channels = clip.backbone_channels()
+    self.pyramid = nnx.data(None)
+    self.blocks = ()
+    if channels is None:  # ViT: blocks 4/6/8/12 -> strides 4/8/16/32 (GKC's ViT option)
+      depth = clip.config.vision.num_hidden_layers
+      self.blocks = tuple(int(b) for b in c.pyramid_blocks)
+      if (len(self.blocks) != 4 or list(self.blocks) != sorted(set(self.blocks))
+          or self.blocks[0] < 1 or self.blocks[-1] > depth):
+        raise ValueError(f"config.model.pyramid_blocks={tuple(c.pyramid_blocks)}: expected 4 "
+                         f"increasing block numbers in 1..{depth} (the ViT's depth)")
+      self.pyramid = SimpleFeaturePyramid(clip.config.vision.hidden_size, c.hidden_dim, **kw)
+      channels = SimpleFeaturePyramid.channels(c.hidden_dim)
+    self.head = MaskFormerHead(channels, num_queries=c.num_queries, hidden_dim=c.hidden_dim,
+                               mask_dim=c.hidden_dim, enc_layers=c.enc_layers,
+                               enc_ffn_dim=c.enc_ffn_dim, dec_layers=c.dec_layers,
+                               dec_ffn_dim=c.dec_ffn_dim, num_heads=c.num_heads,
+                               num_points=c.deform_points, remat=c.get("remat", False), **kw)
+    self.class_path = ClassPath(c.hidden_dim, clip.config.projection_dim, c.dec_layers + 1, **kw)
+    self.kd_proj = KDProjections(c.hidden_dim, clip.config.projection_dim, c.dec_layers + 1, **kw)
+    self.kd_scale = nnx.Param(jnp.ones((), jnp.float32))  # s of the text-guided KD, init 1
+
+  def __call__(self, pixels, rng=None):
+    return Segmenter(self)(pixels, rng)
+
+
+# ---- losses ----
+
+def region_dropout(rng, match, valid, num_queries, rate):
+  """(B, Q) bool: matched queries whose class target is ignored, each with probability `rate`
+  (GKC's region dropout; unmatched queries keep their void target)."""
+  b = match.shape[0]
+  rows = jnp.broadcast_to(jnp.arange(b)[:, None], match.shape)
+  matched = jnp.zeros((b, num_queries), bool).at[
+      rows, jnp.where(valid & (match >= 0), match, num_queries)].set(True, mode="drop")
+  return matched & (jax.random.uniform(rng, (b, num_queries)) < rate)
+
+
+def draw_synonyms(rng, labels, synonym_index):
+  """(B, T) row in the text table of a synonym of each target's class, uniform over the class's
+  synonyms (synonym_index (C, K), −1 = padding)."""
+  counts = (synonym_index >= 0).sum(1)[labels]
+  k = jnp.minimum((jax.random.uniform(rng, labels.shape) * counts).astype(jnp.int32), counts - 1)
+  return synonym_index[labels, k]
+
+
+def synonym_classes(labels, valid, rows, synonym_index):
+  """The synonym loss's batch classifier and targets.
+
+  Every valid segment is named by its drawn synonym (`rows`, (B, T) rows of the text table).
+  Segments are taken in batch order: the first drawn synonym of a class replaces the class's
+  name in place (column c); any further distinct synonym of it becomes an extra class, one per
+  distinct synonym, in the column C + (its first segment's flat index).
+  Returns:
+    columns (C + B·T,) text rows of the classifier columns, active (C + B·T,) bool (extra columns
+    no segment uses are off), targets (B, T) column of each segment.
+  """
+  num_classes = synonym_index.shape[0]
+  b, t = labels.shape
+  m = b * t
+  l, v, r = labels.reshape(-1), valid.reshape(-1), rows.reshape(-1)
+  order = jnp.arange(m)
+  first = jnp.full((num_classes,), m).at[jnp.where(v, l, num_classes)].min(order, mode="drop")
+  in_place_row = jnp.where(first < m, r[jnp.minimum(first, m - 1)], synonym_index[:, 0])
+  in_place = v & (r == in_place_row[l])
+  extra = v & ~in_place
+  slot = jnp.argmax((r[:, None] == r[None, :]) & extra[None, :], axis=1)  # first user of the synonym
+  targets = jnp.where(in_place, l, num_classes + slot)
+  columns = jnp.concatenate([in_place_row, r])
+  active = jnp.concatenate([jnp.ones((num_classes,), bool), extra & (slot == order)])
+  return columns, active, targets.reshape(b, t)
+
+
+def pairwise_kd(v, c, t, image, valid, scale):
+  """Text-guided KD over crops (DESIGN §5): mean of {(s²·t_i·t_j − v_i·c_j)² for pairs i, j of one
+  image} ∪ {‖v_i − c_i‖²}.
+
+  v (N, E) unit student embeddings, c (N, E) unit teacher embeddings, t (N, E) unit text
+  embeddings of the segments' names, image (N,) image of each crop, valid (N,) bool.
+  """
+  pair = valid[:, None] & valid[None, :] & (image[:, None] == image[None, :])
+  text = scale ** 2 * (t @ t.T)
+  pair_terms = jnp.where(pair, (text - v @ c.T) ** 2, 0.0)
+  self_terms = jnp.where(valid, jnp.sum((v - c) ** 2, -1), 0.0)
+  count = jnp.sum(pair) + jnp.sum(valid)
+  return (jnp.sum(pair_terms) + jnp.sum(self_terms)) / jnp.maximum(count, 1)
+
+
+def choose_crops(rng, valid, max_crops):
+  """(K,) flat target slots of up to `max_crops` valid targets drawn at random, (K,) validity."""
+  flat = valid.reshape(-1)
+  k = min(max_crops, flat.size)
+  priority = jnp.where(flat, jax.random.uniform(rng, flat.shape), -1.0)
+  chosen, slots = jax.lax.top_k(priority, k)
+  return slots, chosen >= 0
+
+
+def teacher_crops(image, masks, slots, size):
+  """CLIP-normalised batch image (B, H, W, 3), target masks (B, T, H, W), flat slots (K,) ->
+  (K, size, size, 3) CLIP-normalised crops (grey 128 outside the mask, box, bicubic)."""
+  t = masks.shape[1]
+  mean, std = jnp.asarray(CLIP_MEAN), jnp.asarray(CLIP_STD)
+  pixels = (image.astype(jnp.float32) * std + mean) * 255.0  # back to the 0-255 picture
+  seg = masks.reshape(-1, *masks.shape[2:])[slots].astype(bool)
+  crops = segment_crops(pixels, seg, slots // t, size)
+  return (crops / 255.0 - mean) / std
+
+
+def synonym_loss(class_path, sets, matches, dropped, targets, rows, text, synonym_index,
+                 void_weight):
+  """GKC's text diversification: the class CE of every set with each segment named by its drawn
+  synonym (`rows` (B, T); classifier and targets of `synonym_classes`), the same matching and
+  region dropout as the class CE."""
+  columns, active, syn_targets = synonym_classes(targets["labels"], targets["valid"], rows,
+                                                 synonym_index)
+  q = sets[0]["embedding"].shape[1]
+  return sum(
+      classification_loss(class_path.logits(s["embedding"], text[columns], active),
+                          matched_target_classes(m, syn_targets, targets["valid"], q, columns.shape[0]),
+                          void_weight, d)
+      for s, m, d in zip(sets, matches, dropped))
+
+
+def text_guided_kd_loss(kd_proj: KDProjections, sets, matches, slots, crop_valid, teacher, names,
+                        scale, num_targets):
+  """Σ over sets of `pairwise_kd` between the matched queries' distillation embeddings and the
+  teacher's crop embeddings. slots (N,) flat target slot of each crop (image = slot // T),
+  crop_valid (N,), teacher (N, E) unit, names (N, E) unit text of each crop's class."""
+  image, target = slots // num_targets, slots % num_targets
+  total = 0.0
+  for s, m in zip(sets, matches):
+    query = jnp.maximum(m[image, target], 0)
+    v = kd_proj(s["shared"][image, query], s["index"])
+    total = total + pairwise_kd(v, teacher, names, image, crop_valid, scale)
+  return total
+
+
+def loss_fn(model: GKC, batch, rng, text, synonym_index, c):
+  """Total loss and its terms (weights: config.loss; docs/gkc.md).
+
+  text (S, E): unit embeddings of every training synonym (raw names); synonym_index (C, K) with
+  column 0 the cleaned class name."""
+  rng, model_rng, set_rng, drop_rng, syn_rng, crop_rng = jax.random.split(rng, 6)
+  sets = model(batch["image"], model_rng)
+  targets = mask_targets(batch)
+  mask_cfg = MaskLossConfig.from_config(c)
+  q = sets[0]["pred_masks"].shape[1]
+  class_text = text[synonym_index[:, 0]]
+  cp = model.class_path
+  for s in sets:
+    s["pred_logits"] = cp.logits(s["embedding"], class_text)
+  matches = [match_set(r, s["pred_logits"], s["pred_masks"], targets, mask_cfg)
+             for r, s in zip(set_rngs(set_rng, len(sets)), sets)]
+  dropped = [region_dropout(r, m, targets["valid"], q, c.region_dropout)
+             for r, m in zip(jax.random.split(drop_rng, len(sets)), matches)]
+  total, terms = mask_classification_loss(set_rng, sets, targets, config=mask_cfg, matches=matches,
+                                          class_ignore=dropped)
+  if c.synonym_weight:
+    rows = draw_synonyms(syn_rng, targets["labels"], synonym_index)
+    terms["loss_synonym"] = synonym_loss(cp, sets, matches, dropped, targets, rows, text,
+                                         synonym_index, c.void_weight)
+    total = total + c.synonym_weight * terms["loss_synonym"]
+  if c.kd_weight:
+    slots, crop_valid = choose_crops(crop_rng, targets["valid"], c.kd_max_crops)
+    size = c.kd_crop_size or model.clip.config.vision.image_size
+    teacher = model.teacher(teacher_crops(batch["image"], targets["masks"], slots, size))
+    names = class_text[targets["labels"].reshape(-1)[slots]]
+    terms["loss_kd"] = text_guided_kd_loss(model.kd_proj, sets, matches, slots, crop_valid,
+                                           teacher, names, model.kd_scale[...],
+                                           targets["labels"].shape[1])
+    total = total + c.kd_weight * terms["loss_kd"]
+  return total, terms
+
+
+# ---- inference ----
+
+def class_logits(class_path, embedding, text, synonym_index):
+  """(B, Q, E) unit embeddings vs a vocabulary's synonym rows -> (B, Q, C+1): each class's logit
+  is the max over its synonyms, void last."""
+  syn = class_path.logits(embedding, text)
+  return jnp.concatenate([max_over_synonyms(syn[..., :-1], synonym_index), syn[..., -1:]], -1)
+
+
+def semantic_scores(pred_logits, pred_masks, image_hw):
+  """Mask2Former's semantic inference: Σ_q softmax_{C+1}(logits)_q[c]·σ(m_q) -> (B, H, W, C)."""
+  probs = jax.nn.softmax(pred_logits.astype(jnp.float32), -1)[..., :-1]
+  masks = jax.nn.sigmoid(resize_nchw(pred_masks.astype(jnp.float32), *image_hw))
+  return jnp.einsum("bqc,bqhw->bhwc", probs, masks)
+
+
+class GKCMethod(Method):
+  name = "gkc"
+
+  def build_model(self, config, architecture=None) -> GKC:
+    from ovs_jax.methods.common import clip_from_config, compute_dtype
+    clip = clip_from_config(config, architecture)
+    return GKC(clip, config.model, dtype=compute_dtype(config.model.dtype),
+               rngs=nnx.Rngs(config.seed + 1))
+
+  def architecture(self, model):
+    from ovs_jax.models import clip_family
+    return {"clip": clip_family.to_record(model.clip.config)}
+
+  def train_context(self, model, config, vocabulary, templates, cache_dir):
+    del templates  # GKC embeds raw names
+    from ovs_jax.text_classifier import build_text_classifier
+    sets = training_synonyms(config, vocabulary)
+    clf = build_text_classifier(model.clip, sets, RAW_NAMES, cache_dir=cache_dir)
+    return jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)
+
+  def context_spec(self, model, num_classes, synonyms):
+    return (((num_classes * synonyms, model.clip.config.projection_dim), "float32"),
+            ((num_classes, synonyms), "int32"))
+
+  def loss(self, model, batch, rng, context, config):
+    return loss_fn(model, batch, rng, *context, config.loss)
+
+  def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
+                         train_vocabulary=None, name=None):
+    """Inference over `vocabulary` (raw names, max over each class's synonyms) with the student
+    only: `Segmenter`'s parameters, no text tower, teacher or CLIP head."""
+    del templates, train_vocabulary
+    from ovs_jax.inference.segmentation_model import SegmentationModel
+    from ovs_jax.text_classifier import build_text_classifier
+    model = nnx.merge(graphdef, *states)
+    clf = build_text_classifier(model.clip, vocabulary, RAW_NAMES, cache_dir=cache_dir)
+    seg_graph, seg_state = nnx.split(Segmenter(model, strip_head=True))
+
+    def apply(params, pixels, valid):
+      del valid
+      state, text, index = params
+      segmenter = nnx.merge(seg_graph, state)
+      final = segmenter(pixels)[0]
+      logits = class_logits(segmenter.class_path, final["embedding"], text, index)
+      return semantic_scores(logits, final["pred_masks"], pixels.shape[1:3])
+    return SegmentationModel(name or self.name, apply,
+                             (seg_state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
+                             [v[0] for v in vocabulary], input_multiple=32)
+
+
+def training_synonyms(config, vocabulary):
+  """The synonym sets of the training classes (`vocabulary`, seen classes only under the
+  zero-shot protocol): the shipped file of the training dataset's vocabulary, or
+  `config.loss.synonyms` (a path); without the synonym loss, each class's cleaned first name."""
+  from input_pipeline.datasets import dataset_meta
+  from input_pipeline.synonyms import clean_name, load_synonyms
+  from input_pipeline.zero_shot import unseen_for
+  if not config.loss.synonym_weight:
+    return [[clean_name(names[0])] for names in vocabulary]
+  vocab_name = dataset_meta(config.data.train, "train").vocabulary
+  synonyms = load_synonyms(vocab_name, config.loss.get("synonyms") or None)
+  unseen = set(unseen_for(config.data.train, config.data.get("unseen", "")))
+  sets = [list(s) for i, s in enumerate(synonyms.sets) if i not in unseen]
+  if len(sets) != len(vocabulary):
+    raise ValueError(f"synonym sets of {vocab_name}: {len(sets)} training classes, the training "
+                     f"vocabulary has {len(vocabulary)}")
+  return sets
+
+
+METHOD = GKCMethod()

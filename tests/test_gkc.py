@@ -1,0 +1,257 @@
+"""GKC: each loss term against a re-derivation written here (numpy loops, torch's cross-entropy),
+the on-device crop against PIL, the inference parameters, the recipe files."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+from PIL import Image
+
+from ovs_jax.config_utils import recipe_config
+from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
+from ovs_jax.methods import gkc
+from ovs_jax.ops.segment_crops import segment_crop, segment_crops
+from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD, normalize
+
+RNG = np.random.default_rng(0)
+B, Q, T, E, SETS = 3, 7, 4, 8, 2
+# Text table: class 0 has synonyms rows 0,1,2; class 1: 3; class 2: 4,5; class 3: 6,7.
+INDEX = np.array([[0, 1, 2], [3, -1, -1], [4, 5, -1], [6, 7, -1]], np.int32)
+# Image 0: three segments (two of class 2), image 1: one (then padding), image 2: none.
+LABELS = np.array([[2, 0, 2, 1], [0, 0, 0, 0], [0, 0, 0, 0]], np.int32)
+VALID = np.array([[1, 1, 1, 1], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+MATCH = np.array([[5, 0, 3, 6], [2, -1, -1, -1], [-1, -1, -1, -1]], np.int32)
+
+
+def unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def torch_ce(logits, targets, weight_void, ignore):
+  """torch's weighted cross-entropy with ignore_index over (N, K+1) logits, void last."""
+  k = logits.shape[-1]
+  w = torch.ones(k, dtype=torch.float64)
+  w[-1] = weight_void
+  t = torch.tensor(np.where(ignore, -100, targets), dtype=torch.long)
+  return float(torch.nn.functional.cross_entropy(torch.tensor(logits, dtype=torch.float64), t,
+                                                 weight=w, ignore_index=-100))
+
+
+def class_path():
+  return gkc.ClassPath(16, E, SETS, dtype=jnp.float32, rngs=nnx.Rngs(0))
+
+
+def kd_path():
+  return gkc.KDProjections(16, E, SETS, dtype=jnp.float32, rngs=nnx.Rngs(1))
+
+
+def sets_for(cp):
+  sets = []
+  for i in range(SETS):
+    shared = jnp.asarray(RNG.normal(size=(B, Q, 16)), jnp.float32)
+    sets.append({"shared": shared, "embedding": cp.class_embedding(shared, i), "index": i,
+                 "pred_masks": jnp.asarray(RNG.normal(size=(B, Q, 8, 8)), jnp.float32)})
+  return sets
+
+
+def test_region_dropout_ignores_only_matched_queries_with_the_rate():
+  rng = jax.random.PRNGKey(3)
+  got = np.asarray(gkc.region_dropout(rng, jnp.asarray(MATCH), jnp.asarray(VALID), Q, 0.5))
+  u = np.asarray(jax.random.uniform(rng, (B, Q)))  # the same draws, then the rule by hand
+  want = np.zeros((B, Q), bool)
+  for b in range(B):
+    for t in range(T):
+      if VALID[b, t] and MATCH[b, t] >= 0:
+        want[b, MATCH[b, t]] = u[b, MATCH[b, t]] < 0.5
+  np.testing.assert_array_equal(got, want)
+  # Over many images about half of the matched queries are dropped, never an unmatched one.
+  many = np.asarray(gkc.region_dropout(jax.random.PRNGKey(0), jnp.tile(jnp.asarray(MATCH), (500, 1)),
+                                       jnp.tile(jnp.asarray(VALID), (500, 1)), Q, 0.5))
+  assert 0.45 < many.sum() / (500 * VALID.sum()) < 0.55
+  assert not many[2::3].any()
+
+
+def test_class_ce_with_region_dropout_equals_torch():
+  cp = class_path()
+  sets = sets_for(cp)
+  text = unit(RNG.normal(size=(4, E)))
+  dropped = [np.asarray(gkc.region_dropout(jax.random.PRNGKey(i), jnp.asarray(MATCH),
+                                           jnp.asarray(VALID), Q, 0.5)) for i in range(SETS)]
+  for s in sets:
+    s["pred_logits"] = cp.logits(s["embedding"], jnp.asarray(text, jnp.float32))
+  targets = {"labels": jnp.asarray(LABELS), "valid": jnp.asarray(VALID),
+             "masks": jnp.asarray(RNG.random((B, T, 16, 16)) > 0.5)}
+  cfg = MaskLossConfig(2.0, 5.0, 5.0, 0.1, 64, 3.0, 0.75)
+  _, terms = mask_classification_loss(jax.random.PRNGKey(0), sets, targets, config=cfg,
+                                      matches=[jnp.asarray(MATCH)] * SETS,
+                                      class_ignore=[jnp.asarray(d) for d in dropped])
+  scale = float(np.exp(cp.logit_scale[...]))
+  want = 0.0
+  for s, d in zip(sets, dropped):
+    emb = np.asarray(s["embedding"], np.float64)
+    void = unit(np.asarray(cp.void_embedding[...], np.float64))
+    logits = scale * emb @ np.concatenate([text, void]).T
+    tgt = np.full((B, Q), 4)
+    for b in range(B):
+      for t in range(T):
+        if VALID[b, t]:
+          tgt[b, MATCH[b, t]] = LABELS[b, t]
+    want += torch_ce(logits.reshape(-1, 5), tgt.reshape(-1), 0.1, d.reshape(-1))
+  np.testing.assert_allclose(float(terms["loss_ce"]), want, rtol=1e-5)
+
+
+def reference_synonym_classifier(rows):
+  """The rule by hand: segments in batch order; a class's first drawn synonym replaces its name
+  in place, each further distinct synonym of it is appended once."""
+  columns = [int(INDEX[c, 0]) for c in range(len(INDEX))]
+  seen_first, extra, targets = {}, [], np.full((B, T), -1)
+  for b in range(B):
+    for t in range(T):
+      if not VALID[b, t]:
+        continue
+      c, r = LABELS[b, t], rows[b, t]
+      if c not in seen_first:
+        seen_first[c] = r
+        columns[c] = r
+      if r == seen_first[c]:
+        targets[b, t] = c
+      else:
+        if r not in extra:
+          extra.append(r)
+        targets[b, t] = len(INDEX) + extra.index(r)
+  return columns + extra, targets
+
+
+def test_synonym_ce_equals_torch_rederivation():
+  cp = class_path()
+  sets = sets_for(cp)
+  text = unit(RNG.normal(size=(8, E)))
+  # Drawn synonyms: class 2 gets two different ones in image 0, class 0 a non-first one.
+  rows = np.array([[5, 1, 4, 3], [2, 0, 0, 0], [0, 0, 0, 0]], np.int32)
+  dropped = [np.asarray(gkc.region_dropout(jax.random.PRNGKey(i), jnp.asarray(MATCH),
+                                           jnp.asarray(VALID), Q, 0.5)) for i in range(SETS)]
+  targets = {"labels": jnp.asarray(LABELS), "valid": jnp.asarray(VALID)}
+  got = gkc.synonym_loss(cp, sets, [jnp.asarray(MATCH)] * SETS, [jnp.asarray(d) for d in dropped],
+                         targets, jnp.asarray(rows), jnp.asarray(text, jnp.float32),
+                         jnp.asarray(INDEX), 0.1)
+  columns, seg_targets = reference_synonym_classifier(rows)
+  # Classes 0 and 2 renamed in place; class 2's second synonym (image 0) and class 0's (image 1)
+  # appended; the untouched class 3 keeps its name.
+  assert columns == [1, 3, 5, 6, 4, 2]
+  scale = float(np.exp(cp.logit_scale[...]))
+  void = unit(np.asarray(cp.void_embedding[...], np.float64))
+  want = 0.0
+  for s, d in zip(sets, dropped):
+    logits = scale * np.asarray(s["embedding"], np.float64) @ np.concatenate([text[columns], void]).T
+    tgt = np.full((B, Q), len(columns))
+    for b in range(B):
+      for t in range(T):
+        if VALID[b, t]:
+          tgt[b, MATCH[b, t]] = seg_targets[b, t]
+    want += torch_ce(logits.reshape(-1, len(columns) + 1), tgt.reshape(-1), 0.1, d.reshape(-1))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_drawn_synonyms_are_uniform_over_each_class():
+  labels = jnp.asarray(np.tile([[0, 1, 2]], (4000, 1)))
+  rows = np.asarray(gkc.draw_synonyms(jax.random.PRNGKey(0), labels, jnp.asarray(INDEX)))
+  assert set(rows[:, 1]) == {3} and set(rows[:, 2]) <= {4, 5}
+  np.testing.assert_allclose(np.bincount(rows[:, 0], minlength=3) / 4000, [1 / 3] * 3, atol=0.03)
+
+
+def test_text_guided_kd_equals_numpy_rederivation():
+  cp, kd = class_path(), kd_path()
+  sets = sets_for(cp)
+  # 6 crop slots for 5 valid segments: the last one is padding; image 2 has no segment.
+  slots, crop_valid = gkc.choose_crops(jax.random.PRNGKey(1), jnp.asarray(VALID), 6)
+  slots, crop_valid = np.asarray(slots), np.asarray(crop_valid)
+  assert crop_valid.sum() == 5 and sorted(slots[crop_valid]) == [0, 1, 2, 3, 4]
+  teacher = unit(RNG.normal(size=(6, E)))
+  names = unit(RNG.normal(size=(6, E)))
+  s = 1.3
+  got = gkc.text_guided_kd_loss(kd, sets, [jnp.asarray(MATCH)] * SETS, jnp.asarray(slots),
+                                jnp.asarray(crop_valid), jnp.asarray(teacher, jnp.float32),
+                                jnp.asarray(names, jnp.float32), s, T)
+  want = 0.0
+  for i, st in enumerate(sets):
+    shared = np.asarray(st["shared"], np.float64)
+    kernel = np.asarray(kd.proj[i].kernel[...], np.float64)
+    bias = np.asarray(kd.proj[i].bias[...], np.float64)
+    terms = []
+    for b in range(B):
+      crops = [k for k in range(6) if crop_valid[k] and slots[k] // T == b]
+      v = {k: unit(shared[b, MATCH[b, slots[k] % T]] @ kernel + bias) for k in crops}
+      terms += [(s * s * names[i_] @ names[j] - v[i_] @ teacher[j]) ** 2 for i_ in crops for j in crops]
+      terms += [np.sum((v[k] - teacher[k]) ** 2) for k in crops]
+    want += np.mean(terms)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def pil_crop(image, mask, size):
+  """The reference: grey 128 outside the mask, bounding-box crop, bicubic resize (PIL, float)."""
+  rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+  box = (cols[0], rows[0], cols[-1] + 1, rows[-1] + 1)
+  filled = np.where(mask[..., None], image, 128.0).astype(np.float32)
+  return np.stack([np.asarray(Image.fromarray(filled[..., ch], mode="F").crop(box).resize(
+      (size, size), Image.BICUBIC)) for ch in range(3)], -1)
+
+
+@pytest.mark.parametrize("box", [(3, 5, 40, 60), (10, 10, 14, 13), (0, 0, 50, 70), (20, 30, 21, 31),
+                                 (0, 40, 50, 70)])
+def test_segment_crop_equals_pil(box):
+  image = RNG.integers(0, 256, (50, 70, 3)).astype(np.float32)
+  y0, x0, y1, x1 = box
+  mask = np.zeros((50, 70), bool)
+  mask[y0:y1, x0:x1] = RNG.random((y1 - y0, x1 - x0)) > 0.3
+  mask[y0, x0] = mask[y1 - 1, x1 - 1] = True
+  for size in (32, 24):  # shrinking (antialiased) and enlarging
+    got = jax.jit(segment_crop, static_argnums=2)(image, mask, size)
+    np.testing.assert_allclose(np.asarray(got), pil_crop(image, mask, size), atol=1e-3)
+
+
+def test_teacher_crops_undo_the_input_normalisation():
+  images = RNG.integers(0, 256, (2, 40, 48, 3)).astype(np.uint8)
+  masks = np.zeros((2, 3, 40, 48), bool)
+  masks[0, 0, 5:20, 10:30] = masks[1, 1, 30:, :7] = True
+  got = gkc.teacher_crops(jnp.asarray(normalize(images)), jnp.asarray(masks), jnp.asarray([0, 4]), 16)
+  for k, (b, t) in enumerate([(0, 0), (1, 1)]):
+    want = (pil_crop(images[b].astype(np.float32), masks[b, t], 16) / 255 - CLIP_MEAN) / CLIP_STD
+    np.testing.assert_allclose(np.asarray(got[k]), want, atol=1e-3)
+  empty = segment_crops(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8), bool), jnp.zeros(1, jnp.int32), 4)
+  assert np.isfinite(np.asarray(empty)).all()
+
+
+@pytest.mark.parametrize("recipe", ["gkc_vitb", "gkc_r50"])
+def test_inference_parameters_hold_no_clip_head_text_tower_or_teacher(recipe):
+  config = recipe_config(f"configs/{recipe}.py", "demo")
+  config.clip.weights = "random"
+  model = gkc.METHOD.build_model(config)
+  graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+  seg = gkc.METHOD.segmentation_model(graphdef, (params, frozen), config, [["sky"], ["grass", "lawn"]],
+                                      templates=())
+  paths = ["/".join(map(str, p)) for p, _ in nnx.to_flat_state(seg.params[0])]
+  for banned in ("teacher", "clip", "text_model", "text_projection", "post_layernorm",
+                 "visual_projection", "attnpool", "kd_proj", "kd_scale"):
+    assert not [p for p in paths if banned in p], banned
+  assert any(p.startswith("tower/") for p in paths) and any("class_proj" in p for p in paths)
+  # Inference holds the student trunk and the heads; the frozen teacher (a whole CLIP image
+  # encoder), the text tower and the distillation projections stay in the training model.
+  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  student = nnx.state(model.clip.image_tower)
+  head = (student["post_layernorm"] if "post_layernorm" in student else student["attnpool"])
+  assert size(seg.params[0]) == (size(student) - size(head) + size(nnx.state(model.head))
+                                 + size(nnx.state(model.class_path)) + size(nnx.state(model.pyramid)))
+  scores = seg.apply(seg.params, jnp.zeros((1, 64, 64, 3)), jnp.ones((1, 64, 64), bool))
+  assert scores.shape == (1, 64, 64, 2) and np.isfinite(np.asarray(scores)).all()
+  # The training model still has its CLIP head (the inference copy was stripped, not the model).
+  assert model.clip.image_tower is not None and size(nnx.state(model.teacher)) > 0
+
+
+def test_pyramid_blocks_are_checked():
+  config = recipe_config("configs/gkc_vitb.py", "demo")
+  config.clip.weights = "random"
+  config.model.pyramid_blocks = (1, 2, 3, 9)
+  with pytest.raises(ValueError, match=r"pyramid_blocks=\(1, 2, 3, 9\): expected 4 increasing block "
+                                       r"numbers in 1..4"):
+    nnx.eval_shape(lambda: gkc.METHOD.build_model(config))
