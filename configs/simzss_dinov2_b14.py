@@ -34,6 +34,7 @@ def get_config(arg: str = ""):
       text_init="random",           # DESIGN: from scratch; "clip": config.clip's text tower
       init_temperature=0.07,        # DESIGN: logit scale 1/0.07, clamped ≤ 100
       background_threshold=0.2,     # OURS: cosine below which a pixel is "background" (voc_21)
+      class_embedding="eot",        # OURS: class names as captions (EOT); "concept": as L_l's c_l
       dtype="float32")
   c.loss = dict(local_weight=0.05,           # DESIGN: λ
                 attention_temperature=0.1,   # DESIGN: patch attention

@@ -118,3 +118,14 @@ def test_dinov2_tower_builds_and_its_loss_runs():
   # No gradient reaches the frozen tower; the text side gets one.
   assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(nnx.to_pure_dict(grads["vision"])))
   assert float(jnp.abs(grads["text_projection"]["kernel"][...]).max()) > 0
+
+
+def test_class_names_are_found_in_their_templates():
+  from ovs_jax.tokenizer import tokenize
+  ids, spans = simzss.name_spans(["a photo of a traffic light.", "There is a sky in the scene", "sky"],
+                                 ["traffic light", "sky", "sky"])
+  for row, (s, e), name in zip(ids, spans, ["traffic light", "sky", "sky"]):
+    run = tokenize(name)[0]
+    np.testing.assert_array_equal(row[s:e], run[1:1 + e - s])
+    assert e - s == (run != 0).sum() - 2
+  assert tuple(spans[0]) == (5, 7) and tuple(spans[2]) == (1, 2)

@@ -94,6 +94,50 @@ def simzss_loss(model: SimZSS, batch, num_concepts: int, loss_config):
                  "concepts_per_caption": concepts.astype(jnp.float32)}
 
 
+def name_spans(sentences: list[str], names: list[str], length: int = 77):
+  """Token ids (N, length) of each sentence and the [start, end) of its name's tokens in them
+  (CLIP BPE is word by word: the name is a contiguous run); the whole text when not found."""
+  import numpy as np
+  from ovs_jax.tokenizer import EOT, clip_tokenizer, tokenize
+  eot = clip_tokenizer().token_to_id(EOT)
+  ids, runs = tokenize(sentences, length), tokenize(names, length)
+  spans = np.zeros((len(sentences), 2), np.int32)
+  for i, (row, name) in enumerate(zip(ids, runs)):
+    end = int(np.argmax(row == eot))
+    run = name[1:int(np.argmax(name == eot))]
+    spans[i] = (1, end)
+    for s in range(1, end - len(run) + 1):
+      if np.array_equal(row[s:s + len(run)], run):
+        spans[i] = (s, s + len(run))
+        break
+  return ids, spans
+
+
+def concept_classifier(graphdef, states, vocabulary, templates, batch_size: int = 256):
+  """(S, Dv) unit class-name embeddings as the local loss forms concepts: the normalised sum of
+  the name's normalised projected tokens in each templated sentence, averaged over templates,
+  renormalised; and the (C, K) synonym index."""
+  import numpy as np
+  from ovs_jax.text_classifier import synonym_layout
+  flat, index = synonym_layout(vocabulary)
+  sentences = [t.format(n) for n in flat for t in templates]
+  ids, spans = name_spans(sentences, [n for n in flat for _ in templates])
+
+  @jax.jit
+  def encode(states, ids, spans):
+    tokens, _ = nnx.merge(graphdef, *states).text_tokens(ids)
+    pos = jnp.arange(ids.shape[1])
+    mask = (spans[:, :1] <= pos) & (pos < spans[:, 1:])
+    return l2_normalize(jnp.einsum("nl,nld->nd", mask, l2_normalize(tokens.astype(jnp.float32))))
+  out = []
+  for i in range(0, len(ids), batch_size):
+    n = len(ids[i:i + batch_size])
+    pad = lambda x: np.pad(x[i:i + batch_size], ((0, batch_size - n), (0, 0)))
+    out.append(np.asarray(encode(states, pad(ids), pad(spans)))[:n])
+  emb = np.concatenate(out).reshape(len(flat), len(templates), -1).mean(1)
+  return np.asarray(l2_normalize(jnp.asarray(emb))), index
+
+
 def background_class(vocabulary) -> int | None:
   """The index of the class whose main name is "background", or None."""
   return next((i for i, names in enumerate(vocabulary) if names[0].strip().lower() == BACKGROUND), None)
@@ -220,7 +264,14 @@ class SimZSSMethod(Method):
     from ovs_jax.inference.segmentation_model import SegmentationModel
     from ovs_jax.text_classifier import build_text_classifier
     model = nnx.merge(graphdef, *states)
-    clf = build_text_classifier(model, vocabulary, templates, cache_dir=cache_dir)
+    kind = config.model.get("class_embedding", "eot")
+    if kind == "eot":  # the caption embedding of L_g, as CLIP classifies
+      clf = build_text_classifier(model, vocabulary, templates, cache_dir=cache_dir)
+      embeddings, synonym_index = clf.embeddings, clf.synonym_index
+    elif kind == "concept":  # the name's tokens, as L_l forms textual concepts
+      embeddings, synonym_index = concept_classifier(graphdef, states, vocabulary, templates)
+    else:
+      raise ValueError(f"config.model.class_embedding={kind!r}: expected 'eot' or 'concept'")
     background, threshold = background_class(vocabulary), float(config.model.background_threshold)
 
     def apply(params, pixels, valid):
@@ -231,7 +282,7 @@ class SimZSSMethod(Method):
     if background is not None:  # reported with the results: the row names the threshold
       name = f"{name} (background below {threshold:g})"
     return SegmentationModel(name, apply,
-                             (tuple(states), jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
+                             (tuple(states), jnp.asarray(embeddings), jnp.asarray(synonym_index)),
                              [v[0] for v in vocabulary], input_multiple=model.dense_stride)
 
 
