@@ -88,6 +88,11 @@ class Method:
     """-> (scalar loss, {term: scalar}); pure and jittable."""
     raise NotImplementedError(f"method {self.name!r} is training-free")
 
+  def complete_state_dict(self, state_dict: dict) -> dict:
+    """An imported export's state dict (PyTorch names) with what the export may leave out rebuilt,
+    e.g. a frozen teacher from the student (`convert from-torch`; default: unchanged)."""
+    return state_dict
+
   def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
                          train_vocabulary=None, name=None):
     """A `SegmentationModel` over `vocabulary` from a split model (graphdef, *states)."""

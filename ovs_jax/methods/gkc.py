@@ -372,6 +372,16 @@ class GKCMethod(Method):
   def loss(self, model, batch, rng, context, config):
     return loss_fn(model, batch, rng, *context, config.loss)
 
+  def complete_state_dict(self, state_dict):
+    """Exports leave the teacher out: it restarts from the imported image encoder."""
+    if any(k.startswith("teacher.") for k in state_dict):
+      return state_dict
+    sd = dict(state_dict)
+    for src, dst in (("clip.vision_model.", "teacher.tower."), ("clip.visual.", "teacher.tower."),
+                     ("clip.visual_projection.", "teacher.projection.")):
+      sd.update({dst + k[len(src):]: v for k, v in state_dict.items() if k.startswith(src)})
+    return sd
+
   def segmentation_model(self, graphdef, states, config, vocabulary, *, templates, cache_dir=None,
                          train_vocabulary=None, name=None):
     """Inference over `vocabulary` (raw names, max over each class's synonyms) with the student

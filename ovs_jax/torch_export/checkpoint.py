@@ -171,7 +171,8 @@ def read_export(src) -> tuple[dict, dict]:
   if meta["method"] == "maft_plus" and not any(k.startswith("teacher.") for k in sd):
     for prefix in ("clip.vision_model.", "clip.visual."):  # ViT, ConvNeXt
       sd.update({"teacher." + k[len(prefix):]: v for k, v in list(sd.items()) if k.startswith(prefix)})
-  return meta, sd
+  from ovs_jax.methods.registry import get_method
+  return meta, get_method(meta["method"]).complete_state_dict(sd)
 
 
 def from_torch(src, workdir) -> Path:
