@@ -113,6 +113,15 @@ def compile_train_step(method, config, mesh, *, batch_size: int, height: int, wi
                        num_classes: int = 8, synonyms: int = 2):
   """The real sharded train step compiled ahead of time on `mesh` from abstract inputs (nothing is
   allocated or run) -> (compiled, abstract TrainState). For memory/sharding checks of a recipe."""
+  lowered, ts = lower_train_step(method, config, mesh, batch_size=batch_size, height=height,
+                                 width=width, num_classes=num_classes, synonyms=synonyms)
+  return lowered.compile(), ts
+
+
+def lower_train_step(method, config, mesh, *, batch_size: int, height: int, width: int,
+                     num_classes: int = 8, synonyms: int = 2):
+  """`compile_train_step` before XLA's optimisations -> (lowered, abstract TrainState): its
+  `cost_analysis()` counts the step's FLOPs in seconds, without compiling (benchmarks/cost_model.py)."""
   model = nnx.eval_shape(lambda: method.build_model(config))
   ts = init_train_state(method, config, mesh, abstract=True, model=model)
   batch_sh, rep = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -121,4 +130,4 @@ def compile_train_step(method, config, mesh, *, batch_size: int, height: int, wi
   batch = {k: spec(v, batch_sh) for k, v in method.batch_spec(config, batch_size, height, width).items()}
   context = jax.tree.map(lambda s: spec(s, rep), method.context_spec(model, num_classes, synonyms),
                          is_leaf=is_spec)
-  return jit_train_step(method, config, ts, mesh).lower(ts.state, batch, context).compile(), ts
+  return jit_train_step(method, config, ts, mesh).lower(ts.state, batch, context), ts
