@@ -141,6 +141,7 @@ RULES = {
     "model.ensemble_alpha": number(0, 1), "model.ensemble_beta": number(0, 1),
     "loss.*_weight": number(0),
     "loss.num_points": integer(1),
+    "loss.ignore_unlabelled_pixels": boolean(),
     "loss.oversample_ratio": number(1),
     "loss.importance_sample_ratio": number(0, 1),
     "data.train": _datasets,

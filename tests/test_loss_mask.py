@@ -85,15 +85,23 @@ def _problem(b=2, q=6, t=4, k=5, h=8, w=8, gh=16, gw=16):
   return logits, masks, targets
 
 
+def _labelled(pixel_valid, points):  # (H, W), (P, 2) -> (P,) the points on labelled pixels
+  return _grid_sample(pixel_valid[None].astype(np.float32), points[None])[0] > 0.5
+
+
 def _numpy_match(logits, masks, targets, points):
-  """Mask2Former's matcher cost, re-derived, solved by scipy per image."""
+  """Mask2Former's matcher cost, re-derived, solved by scipy per image; with 'pixel_valid', points
+  on unlabelled pixels are left out of the sums (the means still divide by every point)."""
   out = []
   for i in range(len(logits)):
     v = targets['valid'][i]
     prob = np.exp(logits[i]) / np.exp(logits[i]).sum(-1, keepdims=True)
     pm = _grid_sample(masks[i], np.broadcast_to(points[i], (len(masks[i]), *points[i].shape)))
     gm = _grid_sample(targets['masks'][i][v], np.broadcast_to(points[i], (v.sum(), *points[i].shape)))
-    bce = np.array([[_bce(p, g).mean() for g in gm] for p in pm])
+    keep = _labelled(targets['pixel_valid'][i], points[i]) if 'pixel_valid' in targets else slice(None)
+    n = pm.shape[1]
+    pm, gm = pm[:, keep], gm[:, keep]
+    bce = np.array([[_bce(p, g).sum() / n for g in gm] for p in pm])
     dice = np.array([[_dice(p, g) for g in gm] for p in pm])
     cost = -2 * prob[:, targets['labels'][i][v]] + 5 * bce + 5 * dice
     qi, ti = linear_sum_assignment(cost)
@@ -134,6 +142,44 @@ def test_set_loss_matches_numpy():
   np.testing.assert_allclose(got['loss_ce'], (w * nll).sum() / w.sum(), rtol=1e-5)
   np.testing.assert_allclose(got['loss_mask'], _bce(x, t).mean(-1)[v].sum() / 3.0, rtol=1e-4)
   np.testing.assert_allclose(got['loss_dice'], _dice(x, t)[v].sum() / 3.0, rtol=1e-4)
+
+
+def test_unlabelled_pixels_are_left_out_of_matching_and_mask_losses():
+  """`pixel_valid` (loss.ignore_unlabelled_pixels): points on unlabelled pixels add nothing to the
+  matching cost, BCE or dice (numpy re-derivation), and whatever the predictions and targets hold
+  there changes nothing."""
+  logits, masks, targets = _problem(h=16, w=16)
+  pixel_valid = np.ones((2, 16, 16), bool)
+  pixel_valid[0, 4:12, 3:13] = False
+  pixel_valid[1, :, 10:] = False
+  targets = dict(targets, pixel_valid=pixel_valid)
+  cfg = MaskLossConfig.from_config(RECIPE.loss, num_points=40)
+  rng = jax.random.key(7)
+  got = jax.jit(set_loss, static_argnums=5)(rng, logits, masks, targets, 3.0, cfg)
+  rng_match, rng_points = jax.random.split(rng)
+  match = _numpy_match(logits, masks, targets, np.asarray(uniform_points(rng_match, 2, 40)))
+  np.testing.assert_array_equal(jax.jit(hungarian_matcher, static_argnums=4)(
+      rng_match, logits, masks, targets, 40), match)
+  src = np.take_along_axis(masks, np.maximum(match, 0)[:, :, None, None], 1).reshape(-1, 16, 16)
+  points = np.asarray(uncertainty_points(rng_points, src, 40, 3.0, 0.75))
+  x, t = _grid_sample(src, points), _grid_sample(targets['masks'].reshape(-1, 16, 16), points)
+  keep = np.stack([_labelled(pixel_valid[i // 4], points[i]) for i in range(len(points))])
+  v = targets['valid'].reshape(-1)
+  bce = np.array([_bce(x[i][keep[i]], t[i][keep[i]]).sum() / 40 for i in range(len(x))])
+  dice = np.array([_dice(x[i][keep[i]], t[i][keep[i]]) for i in range(len(x))])
+  np.testing.assert_allclose(got['loss_mask'], bce[v].sum() / 3.0, rtol=1e-4)
+  np.testing.assert_allclose(got['loss_dice'], dice[v].sum() / 3.0, rtol=1e-4)
+  # Two pixels inside the unlabelled area predictions and targets can say anything (uniform points:
+  # importance sampling would pick other points where the predictions change).
+  inner = np.zeros((2, 16, 16), bool)
+  inner[0, 6:10, 5:11] = inner[1, :, 12:] = True
+  masks2 = np.where(inner[:, None], 50.0, masks).astype(np.float32)
+  targets2 = dict(targets, masks=np.where(inner[:, None], 1.0, targets['masks']).astype(np.float32))
+  uniform = MaskLossConfig.from_config(RECIPE.loss, num_points=40, importance_sample_ratio=0.0)
+  got = jax.jit(set_loss, static_argnums=5)(rng, logits, masks, targets, 3.0, uniform)
+  again = jax.jit(set_loss, static_argnums=5)(rng, logits, masks2, targets2, 3.0, uniform)
+  for k in got:
+    np.testing.assert_allclose(again[k], got[k], rtol=1e-6, err_msg=k)
 
 
 def test_deep_supervision_sums_every_set():

@@ -35,3 +35,15 @@ def uncertainty_points(rng, mask_logits, num_points, oversample_ratio=3.0,
   important = jnp.take_along_axis(candidates, top[..., None], axis=1)
   rest = uniform_points(rng_rand, n, num_points - n_important)
   return jnp.concatenate([important, rest], axis=1)
+
+
+
+def labelled_points(pixel_valid, points):
+  """pixel_valid (N, H, W) bool, points (N, P, 2) -> (N, P) bool: points on labelled pixels."""
+  return jax.lax.stop_gradient(point_sample(pixel_valid.astype(jnp.float32), points)) > 0.5
+
+
+def neutral_where(keep, point_logits, point_labels):
+  """Mask logits / targets at points with the points not kept made neutral: logit −1e4 against
+  target 0 adds nothing to BCE, dice or their matching costs and passes no gradient."""
+  return jnp.where(keep, point_logits, -1e4), jnp.where(keep, point_labels, 0.0)

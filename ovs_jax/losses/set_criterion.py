@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ovs_jax.losses.mask_losses import classification_loss, dice_loss, sigmoid_bce_loss
 from ovs_jax.losses.matching import hungarian_matcher
-from ovs_jax.losses.point_sampling import uncertainty_points
+from ovs_jax.losses.point_sampling import labelled_points, neutral_where, uncertainty_points
 from ovs_jax.ops.bilinear import point_sample
 
 
@@ -63,7 +63,8 @@ def set_loss(rng, pred_logits, pred_masks, targets, num_masks, config: MaskLossC
 
   Args:
     pred_logits: (B, Q, K+1), void last; pred_masks: (B, Q, h, w) logits.
-    targets: {'labels': (B, T) int, 'masks': (B, T, H, W) in [0, 1], 'valid': (B, T) bool}.
+    targets: {'labels': (B, T) int, 'masks': (B, T, H, W) in [0, 1], 'valid': (B, T) bool},
+      optionally 'pixel_valid': (B, H, W) bool, pixels the mask losses and the matching may use.
     num_masks: valid masks in the global batch (`count_masks`).
     match: optional (B, T) precomputed `match_set` (same rng: the same matching).
     class_ignore: optional (B, Q) bool, queries left out of the class CE (GKC's region dropout).
@@ -88,6 +89,11 @@ def set_loss(rng, pred_logits, pred_masks, targets, num_masks, config: MaskLossC
                               c.importance_sample_ratio)
   point_logits = point_sample(src, points)
   point_labels = jax.lax.stop_gradient(point_sample(tgt, points))
+  if 'pixel_valid' in targets:  # unlabelled pixels (e.g. unseen classes) are no mask's negatives
+    t = targets['masks'].shape[1]
+    pixel_valid = jnp.repeat(targets['pixel_valid'], t, axis=0)  # (B·T, H, W), image of each mask
+    point_logits, point_labels = neutral_where(labelled_points(pixel_valid, points), point_logits,
+                                               point_labels)
   valid = valid.reshape(-1)
   return {'loss_ce': loss_ce,
           'loss_mask': sigmoid_bce_loss(point_logits, point_labels, valid, num_masks),

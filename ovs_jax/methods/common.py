@@ -60,10 +60,18 @@ def frozen_copy(module: nnx.Module) -> nnx.Module:
   return copy
 
 
-def mask_targets(batch):
-  """Loader batch -> {'labels', 'masks', 'valid'} targets; masks rebuilt on device if not shipped."""
+def mask_targets(batch, num_classes: int | None = None):
+  """Loader batch -> {'labels', 'masks', 'valid'} targets; masks rebuilt on device if not shipped.
+
+  With `num_classes` also 'pixel_valid' (B, H, W): pixels labelled with one of the classes, so the
+  mask losses leave the unlabelled ones (void, padding, unseen classes) out
+  (`loss.ignore_unlabelled_pixels`)."""
   classes = batch["mask_classes"]
   masks = batch.get("masks")
   if masks is None:
     masks = batch["label"][:, None].astype(jnp.int32) == classes[..., None, None]
-  return {"labels": jnp.maximum(classes, 0), "masks": masks, "valid": batch["mask_valid"] & (classes >= 0)}
+  targets = {"labels": jnp.maximum(classes, 0), "masks": masks,
+             "valid": batch["mask_valid"] & (classes >= 0)}
+  if num_classes is not None:
+    targets["pixel_valid"] = (batch["label"] >= 0) & (batch["label"] < num_classes)
+  return targets

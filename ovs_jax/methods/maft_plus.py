@@ -148,8 +148,10 @@ def loss_fn(model: MAFTPlus, batch, rng, text, synonym_index, loss_config):
   """Total loss and its terms for one batch (weights: config.loss; docs/maft_plus.md)."""
   rng, student_rng, teacher_rng = jax.random.split(rng, 3)
   out = model(batch["image"], text, synonym_index, student_rng)
-  return loss_terms(out, targets_from_batch(batch), model.teacher_trunk(batch["image"], teacher_rng),
-                    rng, loss_config)
+  # Unlabelled pixels out of the mask losses (zero-shot protocol: unseen classes are no negatives).
+  targets = targets_from_batch(batch, synonym_index.shape[0]
+                               if loss_config.get("ignore_unlabelled_pixels", False) else None)
+  return loss_terms(out, targets, model.teacher_trunk(batch["image"], teacher_rng), rng, loss_config)
 
 
 def loss_terms(out, targets, teacher_trunk, rng, c):
