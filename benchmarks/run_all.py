@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SMALL = {
-    "attention": ["--lengths=197,785,1601", "--chunks=256", "--repeats=2"],
+    "attention": ["--lengths=197,785,1601", "--chunks=128", "--repeats=2"],
     "clip_encode": ["--batch=2", "--sizes=224,448", "--repeats=2"],
     "convnext_tower": ["--size=256", "--batch=1", "--repeats=1"],
     "evaluate": ["--images=1"],
