@@ -1,16 +1,18 @@
-"""SimZSS (Stegmüller et al., "A Simple Framework for Zero-Shot Segmentation", ICLR 2025): a frozen
-vision tower (DINOv2 ViT-B/14 with registers) and a CLIP-shaped text tower trained from captions to
-meet it, globally (class token ↔ caption) and locally (caption concepts ↔ the patches they name).
-The official code has no licence: nothing is copied; DESIGN §6 and docs/simzss.md give the formulas.
+"""SimZSS (Stegmüller et al., "A Simple Framework for Open-Vocabulary Zero-Shot Segmentation",
+ICLR 2025): a frozen vision tower (DINOv2 ViT-B/14 with registers) and a CLIP-shaped text tower
+trained from captions to meet it, globally (class token ↔ caption) and locally (caption concepts ↔
+the patches they name). The official code has no licence: nothing is copied; DESIGN §6 and
+docs/simzss.md give the formulas.
 
 * Frozen vision: class token z_cls (B, Dv) and patch tokens z (B, h, w, Dv).
 * Text: causal CLIP text tower (512 wide, 12 layers, 8 heads, GELU, random init), final LN, then
   `text_projection` (Dt → Dv, no bias) on EVERY token; the EOT token is the caption embedding.
 * L = L_g (symmetric InfoNCE of z_cls and EOT, scale exp(s) ≤ 100, global batch)
     + λ·L_l (concept loss, `losses/concept_alignment.py`), λ = 0.05.
-* Inference: cosine of each patch token with the class-name embeddings (templates averaged, max
-  over synonyms), upsampled bilinearly; a class named "background" scores the threshold instead,
-  so pixels whose best class scores below it become background.
+* Inference: cosine of each patch token with the class-name embeddings (the EOT embedding, or the
+  name's token span as L_l forms concepts; templates averaged, max over synonyms), upsampled
+  bilinearly; a class named "background" scores the threshold instead, so pixels whose best class
+  scores below it become background.
 """
 from __future__ import annotations
 
