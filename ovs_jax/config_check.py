@@ -139,6 +139,15 @@ RULES = {
     "model.cdt_dense": one_of("official", "per_pixel"),
     "model.ensemble": one_of("none", "geometric"),
     "model.ensemble_alpha": number(0, 1), "model.ensemble_beta": number(0, 1),
+    # SimZSS
+    "vision.tower": one_of("dinov2", "clip"),
+    "model.text_init": one_of("random", "clip"),
+    "model.class_embedding": one_of("eot", "concept"),
+    "model.background_threshold": number(-1, 1, note="a cosine"),
+    "model.init_temperature": number(0, lo_open=True),
+    "loss.local_target": one_of("self", "label"),
+    "loss.*_temperature": number(0, lo_open=True),
+    "data.captions": one_of("coco", "demo"),
     "loss.*_weight": number(0),
     "loss.num_points": integer(1),
     "loss.ignore_unlabelled_pixels": boolean(),
@@ -229,6 +238,11 @@ def problems(config) -> list[str]:
   mesh = [flat.get(f"mesh.{a}") for a in ("data", "fsdp", "tensor")]
   if mesh.count(-1) > 1:
     out.append(f"config.mesh={dict(zip(('data', 'fsdp', 'tensor'), mesh))}: at most one axis may be -1")
+  weights = flat.get("vision.weights")
+  if flat.get("vision.tower") == "dinov2" and not (weights == "random" or (weights and Path(weights).exists())):
+    out.append(f"config.vision.weights={weights!r}: expected existing DINOv2-with-registers weights given "
+               "with --config.vision.weights=PATH (an HF Dinov2WithRegisters directory or a timm file; "
+               "docs/backbones.md) or 'random'")
   if flat.get("data.min_size_train_sampling") == "range" and len(flat.get("data.min_size_train", ())) != 2:
     out.append(f"config.data.min_size_train={flat['data.min_size_train']!r}: expected (lo, hi) with "
                "min_size_train_sampling='range'")
