@@ -68,6 +68,10 @@ def test_evaluate_reads_the_checkpoint_back(run):
                                  batch_size=8, max_images=8)
   got = summarize(counts, model.class_names, n, val.miou_convention)
   np.testing.assert_allclose(got["mIoU"], result["evals"]["val"]["mIoU"], rtol=1e-6)
+  # Sliding windows through the shared engine (the paper's protocol; 448 at full size).
+  slide = InferenceConfig(mode="slide", short_side=96, max_size=2048, window=64, stride=32)
+  counts, n, _ = evaluate_source(model, demo_dataset("val"), slide, batch_size=8, max_images=8)
+  assert n == 8 and 0 <= summarize(counts, model.class_names, n, val.miou_convention)["mIoU"] <= 100
 
 
 def test_background_threshold(run):
