@@ -84,7 +84,7 @@ def test_background_threshold(run):
   def labels(threshold):
     cfg.model.background_threshold = threshold
     seg = get_method("simzss").segmentation_model(graphdef, (state["params"], state["frozen"]), cfg,
-                                                   vocab, templates=get_templates("vild"))
+                                                   vocab, templates=get_templates("plain"))
     assert seg.name.endswith(f"(background below {threshold:g})")  # reported with the results
     scores = seg.apply(seg.params, pixels, valid)
     return scores, np.asarray(scores.argmax(-1))
@@ -133,3 +133,18 @@ def test_class_names_are_found_in_their_templates():
     np.testing.assert_array_equal(row[s:e], run[1:1 + e - s])
     assert e - s == (run != 0).sum() - 2
   assert tuple(spans[0]) == (5, 7) and tuple(spans[2]) == (1, 2)
+
+
+def test_export_to_pytorch_and_back(run, tmp_path):
+  from safetensors.numpy import load_file
+  from ovs_jax.torch_export.checkpoint import from_torch, to_torch
+  _, workdir, _ = run
+  out = to_torch(workdir, tmp_path / "export")
+  sd = load_file(str(out / "model.safetensors"))
+  _, _, state, _ = restore_workdir(workdir)
+  kernel = np.asarray(state["params"]["text_projection"]["kernel"])
+  np.testing.assert_array_equal(sd["text_projection.weight"], kernel.T)  # torch Linear layout
+  _, _, back, step = restore_workdir(from_torch(out, tmp_path / "back"))
+  assert step == 4
+  for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(back["params"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
