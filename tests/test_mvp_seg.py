@@ -173,3 +173,15 @@ def test_trained_and_evaluated_under_the_zero_shot_protocol_through_the_shared_c
   assert build_from_checkpoint(tmp_path, [["sky"], ["grass", "lawn"], ["sand"]]).class_names == \
       ["sky", "grass", "sand"]  # any vocabulary
 
+
+
+def test_clip_resnet_attention_pool_variant():
+  """A CLIP ResNet gives MaskCLIP's attention-pool value path (`resnet_clip.py`): the same method."""
+  clip = clip_family.build_clip(clip_family.get_arch("resnet_tiny"), rngs=nnx.Rngs(0))
+  model = _model(clip)
+  ids, eot, index = mvp_seg.prompt_context(model, [[n] for n in NAMES])
+  pixels = jnp.asarray(np.random.default_rng(0).normal(size=(1, 64, 96, 3)), jnp.float32)
+  log_m, logits = nnx.jit(lambda m, p: m(p, m.text_features(ids, eot), index, (64, 96),
+                                          jnp.ones((1, 64, 96), bool)))(model, pixels)
+  assert log_m.shape == (1, 64, 96, 5) and logits.shape == (1, 5)
+  assert np.isfinite(log_m).all() and clip.dense_stride == 32
