@@ -46,7 +46,7 @@ PEAKS = {"A100": 312e12, "H100": 989e12, "TPU v5e": 197e12}  # dense bf16 FLOP/s
 EVAL_IMAGES = {"ade20k_150": 2000, "ade20k_847": 2000, "pascal_context_59": 5105,
                "pascal_context_459": 5105, "pascal_voc_20": 1449, "pascal_voc_21": 1449,
                "coco_stuff_171": 5000, "coco_panoptic_133": 5000, "cityscapes": 500}
-PAPER = {"maft_plus_convnext_b": "8×A100 ≈14 h (MAFT+ Base)"}
+PAPER = {"maft_plus_convnext_b": ("8×A100 ≈14 h (MAFT+ Base)", 8 * 14)}  # (text, A100-hours)
 
 
 def full_config(name):
@@ -176,7 +176,7 @@ def main():
   peak_xla, peak_torch = matmul_peak()
   print(f"fp32 matmul peak here: XLA {peak_xla / 1e9:.0f} GFLOP/s, PyTorch {peak_torch / 1e9:.0f} GFLOP/s "
         f"(load {os.getloadavg()[0]:.1f})", flush=True)
-  rows = []
+  rows, implied = [], []
   for name in args.recipes.split(","):
     t0 = time.time()
     config = full_config(name)
@@ -192,7 +192,10 @@ def main():
     total = tf * steps + ef * n_eval
     hours = {k: total / (v * args.utilisation) / 3600 for k, v in PEAKS.items()}
     rows.append((name, f"{batch} × {canvas}", steps, loops, tf / 1e9, tb / 1e9, ef / 1e9, f"{ehw[0]}×{ehw[1]}",
-                 n_eval, achieved / 1e9, achieved / peak_xla, hours, PAPER.get(name, "")))
+                 n_eval, achieved / 1e9, achieved / peak_xla, hours, PAPER.get(name, ("",))[0]))
+    if name in PAPER:
+      implied.append(f"{name}: the paper's {PAPER[name][1]} A100-hours for these FLOPs mean "
+                     f"{total / (PAPER[name][1] * 3600 * PEAKS['A100']):.1%} of A100 bf16 peak")
     print(f"{name}: done in {time.time() - t0:.0f} s", flush=True)
 
   print(f"\nRecipe costs (XLA cost analysis, one device; projected at {args.utilisation:.0%} of dense bf16 "
@@ -207,6 +210,7 @@ def main():
     print(f"| {name} | {bc} | {steps} | {loops} | {tf / 1e3:.2f} | {tb:.0f} | {ef:.0f} ({ehw}) | {n_eval} | "
           f"{ach:.0f} | {mfu:.0%} | {hours['A100']:.1f} | {hours['H100']:.1f} | {hours['TPU v5e']:.1f} | "
           f"{hours['A100'] / 8:.1f} | {paper} |")
+  print("\n".join(implied))
 
 
 if __name__ == "__main__":

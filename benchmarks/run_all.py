@@ -22,7 +22,7 @@ SMALL = {
     "convnext_tower": ["--size=256", "--batch=1", "--repeats=1"],
     "evaluate": ["--images=1"],
     "mask_head": ["--image=256", "--batch=1", "--repeats=1"],
-    "train_step": ["--size=320", "--batch=1", "--repeats=1", "--dtype=float32", "--remat=off"],
+    "train_step": ["--backbone_only", "--size=320", "--batch=1", "--repeats=1", "--dtype=float32"],
 }
 
 

@@ -1,7 +1,7 @@
 """Seconds per MAFT+ training step (cdt_vitb, full size), split into its parts, on this machine.
 
   python benchmarks/train_step.py [--size=640] [--batch=2] [--dtype=bfloat16] [--remat=auto]
-                                  [--repeats=2] [--config_arg=]
+                                  [--repeats=2] [--config_arg=] [--backbone_only]
 
 Times (best of --repeats, after compilation) the whole jitted train step and, separately jitted,
 its parts: student backbone forward+backward, frozen teacher forward, pyramid + mask head
@@ -33,6 +33,7 @@ from flax import nnx
 from configs.cdt_vitb import get_config
 from ovs_jax.heads.mask_former import prediction_sets
 from ovs_jax.losses.matching import hungarian_matcher
+from ovs_jax import layers
 from ovs_jax.methods import maft_plus
 from ovs_jax.trainer import Run
 from ovs_jax.timing import best_time
@@ -102,6 +103,36 @@ def choose(args):
     gc.collect()  # Run holds reference cycles; free its state before building the next
 
 
+def backbone_loss_fn(merged):
+  def loss(p, x):
+    m = merged(p)
+    trunk = m.clip.trunk_features(x)
+    return jnp.mean(trunk.astype(jnp.float32) ** 2) + jnp.mean(m.clip.image_head(trunk).astype(jnp.float32) ** 2)
+  return loss
+
+
+def backbone_only(args):
+  """The student backbone fwd+bwd row and the PyTorch reference, without building the train step."""
+  config = get_config(args.config_arg)
+  config.clip.weights = "random"
+  config.model.dtype = args.dtype
+  model = maft_plus.METHOD.build_model(config)
+  layers.set_attention(model, config.model.attention)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  pixels = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.size, args.size, 3))
+  grad = jax.jit(jax.grad(backbone_loss_fn(lambda p: nnx.merge(graphdef, p, rest))))
+  ours = best_time(lambda: grad(params, pixels), args.repeats)
+  ref = torch_backbone(model.clip.config, args.size, args.batch, args.repeats)
+  print(f"\nCLIP backbone of MAFT+ {args.config_arg or 'cdt_vitb'}, fwd+bwd, {args.size}x{args.size}, "
+        f"batch {args.batch}, {args.dtype} compute, attention {config.model.attention!r}, "
+        f"{os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}, jax {jax.__version__}")
+  print("| part | seconds | images/s |")
+  print("|---|---:|---:|")
+  print(f"| student backbone fwd+bwd | {ours:.2f} | {args.batch / ours:.2f} |")
+  print(f"| reference: PyTorch CLIP ViT backbone fwd+bwd (fp32) | {ref:.2f} | {args.batch / ref:.2f} |")
+  print(f"backbone fwd+bwd ours/PyTorch: {ref / ours:.2f}")
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--size", type=int, default=640)
@@ -110,7 +141,11 @@ def main():
   p.add_argument("--config_arg", default="")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="auto", choices=("auto", "off", "on"))
+  p.add_argument("--backbone_only", action="store_true",
+                 help="only the student backbone fwd+bwd and its PyTorch reference (no train step built)")
   args = p.parse_args()
+  if args.backbone_only:
+    return backbone_only(args)
 
   run, batch, step, remat, memory_lines = choose(args)
   text, index = run.context
@@ -138,11 +173,7 @@ def main():
     return m["loss"]
   rows.append(("whole train step", best_time(whole, args.repeats), step_memory(step)[0]))
 
-  def backbone_loss(p, x):
-    m = merged(p)
-    trunk = m.clip.trunk_features(x)
-    return jnp.mean(trunk.astype(jnp.float32) ** 2) + jnp.mean(m.clip.image_head(trunk).astype(jnp.float32) ** 2)
-  timed("student backbone fwd+bwd", jax.grad(backbone_loss), params, pixels)
+  timed("student backbone fwd+bwd", jax.grad(backbone_loss_fn(merged)), params, pixels)
 
   teacher_fn = lambda p, x: merged(p).teacher_trunk(x)
   timed("teacher fwd (frozen)", teacher_fn, params, pixels)
