@@ -31,6 +31,7 @@ def zero_shot(c):
   """Sand, box and tree held out of training (pixels ignored, names never seen), scored with the
   rest next to MaskCLIP on the same demo CLIP (the MAFT+ and MVP-SEG demos' protocol)."""
   c.data.unseen = "zero_shot"
+  c.loss.caption_weight = 0.0  # captions name the held-out classes
   c.evals.val = dict(c.evals.val.to_dict(), type="zero_shot", protocol="zero_shot",
                      baseline="maskclip")
   c.evals.pictures.protocol = "zero_shot"

@@ -18,7 +18,8 @@ from typing import Callable
 from input_pipeline import targets
 from input_pipeline import transforms as T
 
-KEYS = ["image", "label", "image_hw", "masks", "mask_classes", "mask_valid", "mask_ids", "pan_seg"]
+KEYS = ["image", "label", "image_hw", "masks", "mask_classes", "mask_valid", "mask_ids", "pan_seg",
+        "caption_nouns"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -226,6 +226,8 @@ def test_teacher_crops_undo_the_input_normalisation():
 def test_inference_parameters_hold_no_clip_head_text_tower_or_teacher(recipe):
   config = recipe_config(f"configs/{recipe}.py", "demo")
   config.clip.weights = "random"
+  config.model.update(num_queries=4, hidden_dim=32, enc_ffn_dim=32, dec_layers=1, dec_ffn_dim=32,
+                      num_heads=2, deform_points=1)
   model = gkc.METHOD.build_model(config)
   graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
   seg = gkc.METHOD.segmentation_model(graphdef, (params, frozen), config, [["sky"], ["grass", "lawn"]],
@@ -255,3 +257,102 @@ def test_pyramid_blocks_are_checked():
   with pytest.raises(ValueError, match=r"pyramid_blocks=\(1, 2, 3, 9\): expected 4 increasing block "
                                        r"numbers in 1..4"):
     nnx.eval_shape(lambda: gkc.METHOD.build_model(config))
+
+
+TINY = {"clip.weights": "random", "model.num_queries": 8, "model.hidden_dim": 32,
+        "model.enc_layers": 1, "model.enc_ffn_dim": 64, "model.dec_layers": 1,
+        "model.dec_ffn_dim": 64, "model.num_heads": 2, "model.deform_points": 1,
+        "loss.num_points": 256, "loss.kd_max_crops": 8, "loss.kd_crop_size": 32,
+        "data.crop_size": 64, "data.num_masks": 6, "evals.val.every": -1,
+        "evals.pictures.every": -1, "train.batch_size": 8, "train.log_every": 1}
+
+
+def _train(workdir, *extra):
+  import subprocess
+  import sys
+  return [sys.executable, "-m", "ovs_jax.train", "--config=configs/gkc_vitb.py:demo",
+          f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in TINY.items()),
+          "--config.train.steps=6", "--config.train.ckpt_every=3", *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_then_restart_continues_with_identical_losses(tmp_path):
+  """The shared trainer's resume, with GKC's rng-driven terms (synonym draws, region dropout,
+  crop choice): a run killed after its step-3 checkpoint continues with bit-identical losses."""
+  import json
+  import os
+  import signal
+  import subprocess
+  import time
+  from pathlib import Path
+  repo = Path(__file__).resolve().parents[1]
+  full = subprocess.run(_train(tmp_path / "full"), cwd=repo, capture_output=True, text=True)
+  assert full.returncode == 0, full.stderr[-3000:]
+  proc = subprocess.Popen(_train(tmp_path / "killed"), cwd=repo, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 300
+  while not (tmp_path / "killed" / "checkpoints" / "3").is_dir() and time.time() < deadline:
+    time.sleep(0.2)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+  again = subprocess.run(_train(tmp_path / "killed"), cwd=repo, capture_output=True, text=True)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resumed from" in again.stderr + again.stdout
+
+  def losses(workdir):
+    rows = map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: (r["loss"], r["loss_synonym"], r["loss_kd"]) for r in rows
+            if r["kind"] == "train"}
+  want, got = losses(tmp_path / "full"), losses(tmp_path / "killed")
+  assert set(want) == set(range(1, 7))
+  for s in range(4, 7):
+    assert got[s] == want[s], (s, got[s], want[s])
+
+
+def test_caption_grounding_equals_numpy_rederivation():
+  # 4 images: image 2 has no matched region, image 3 no caption noun (both left out).
+  regions = unit(RNG.normal(size=(4, 3, E)))
+  words = unit(RNG.normal(size=(4, 2, E)))
+  region_valid = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], bool)
+  word_valid = np.array([[1, 1], [1, 0], [1, 1], [0, 0]], bool)
+  got = gkc.caption_grounding_loss(*(jnp.asarray(a, jnp.float32) if a.dtype != bool else jnp.asarray(a)
+                                     for a in (regions, region_valid, words, word_valid)), 5.0)
+
+  def g(b, c):  # OpenSeg: per noun, the softmax-weighted similarity over image b's regions
+    scores = []
+    for k in np.flatnonzero(word_valid[c]):
+      s = regions[b][region_valid[b]] @ words[c, k]
+      scores.append(np.sum(np.exp(s) / np.exp(s).sum() * s))
+    return np.mean(scores)
+  keep = [0, 1]
+  logits = np.array([[5.0 * g(b, c) for c in keep] for b in keep])
+  log_softmax = lambda x, axis: x - np.log(np.exp(x).sum(axis, keepdims=True))
+  want = -(np.diag(log_softmax(logits, 1)) + np.diag(log_softmax(logits, 0))).sum() / 2 / len(keep)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  grads = jax.grad(lambda r: gkc.caption_grounding_loss(r, jnp.asarray(region_valid),
+                                                        jnp.asarray(words, jnp.float32),
+                                                        jnp.asarray(word_valid), 5.0))(
+      jnp.asarray(regions, jnp.float32))
+  assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_draw_caption_nouns_picks_one_caption_drops_and_caps():
+  from input_pipeline.caption_nouns import DrawCaptionNouns
+  table = np.full((3, 8), -1, np.int32)
+  table[0, :7] = np.arange(10, 17)
+  table[2, :2] = [3, 4]
+  draw = DrawCaptionNouns()
+  seen, counts = set(), []
+  for seed in range(400):
+    nouns = draw.random_map({"caption_concepts": table}, np.random.default_rng(seed))["caption_nouns"]
+    kept = tuple(int(n) for n in nouns if n >= 0)
+    assert nouns.shape == (5,) and (nouns[len(kept):] == -1).all()
+    assert set(kept) <= set(range(10, 17)) or set(kept) <= {3, 4}  # one caption's nouns
+    seen.add(kept[0] >= 10 if kept else None)
+    if kept and kept[0] >= 10:
+      counts.append(len(kept))
+  assert {True, False} <= seen and max(counts) == 5  # both captions drawn; at most 5 kept
+  # Each of 7 nouns kept with p = 0.75, then capped at 5: E[min(Bin(7, 0.75), 5)] = 4.67.
+  assert 4.5 < np.mean(counts) < 4.85
+  none = draw.random_map({"caption_concepts": np.full((2, 4), -1, np.int32)}, np.random.default_rng(0))
+  assert (none["caption_nouns"] == -1).all()

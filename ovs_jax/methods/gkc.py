@@ -13,6 +13,7 @@ Formulas, recipe and what the (incomplete) official release lacks: docs/gkc.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -41,6 +42,7 @@ FROZEN = (r"clip/text_model/", r"clip/text_projection/", r"clip/logit_scale",
           r"clip/visual/attnpool/", r"teacher/")
 BACKBONE = r"clip/(vision_model|visual)/"
 RAW_NAMES = ("{}",)  # GKC embeds the bare class names: no prompt templates
+CAPTIONED = ("demo", "coco_panoptic_133")  # training sets with captions (input_pipeline/caption_nouns.py)
 
 
 class ClassPath(nnx.Module):
@@ -292,7 +294,32 @@ def text_guided_kd_loss(kd_proj: KDProjections, sets, matches, slots, crop_valid
   return total
 
 
-def loss_fn(model: GKC, batch, rng, text, synonym_index, c):
+def caption_grounding_loss(regions, region_valid, words, word_valid, scale):
+  """OpenSeg-style grounding of caption nouns in matched queries, contrasted across the batch.
+
+  regions (B, R, E) unit query embeddings, region_valid (B, R); words (B, K, E) unit noun
+  embeddings, word_valid (B, K). G(b, c) = mean over the nouns k of caption c of
+  Σ_q softmax_q(⟨r_bq, w_ck⟩)·⟨r_bq, w_ck⟩ (image b's regions); loss = the image→caption and
+  caption→image cross-entropies of scale·G over the images having both, averaged.
+  """
+  # Finite fills (−1e9), not −inf: a row with nothing valid must keep finite gradients.
+  sim = jnp.einsum("bqe,cke->bcqk", regions, words)
+  att = jax.nn.softmax(jnp.where(region_valid[:, None, :, None], sim, -1e9), axis=2)
+  att = jnp.where(region_valid[:, None, :, None], att, 0.0)
+  per_word = jnp.sum(att * sim, axis=2)  # (B, B, K)
+  g = jnp.sum(jnp.where(word_valid[None], per_word, 0.0), -1) / jnp.maximum(
+      word_valid.sum(-1), 1)[None]
+  has = region_valid.any(1) & word_valid.any(1)
+  pair = has[:, None] & has[None, :]
+  logits = jnp.where(pair, scale * g, -1e9)
+  diag = jnp.diagonal(jnp.where(pair, scale * g, 0.0))
+  to_caption = jax.nn.logsumexp(logits, axis=1) - diag
+  to_image = jax.nn.logsumexp(logits, axis=0) - diag
+  loss = jnp.where(has, to_caption + to_image, 0.0) / 2
+  return jnp.sum(loss) / jnp.maximum(jnp.sum(has), 1)
+
+
+def loss_fn(model: GKC, batch, rng, text, synonym_index, concept_text, c):
   """Total loss and its terms (weights: config.loss; docs/gkc.md).
 
   text (S, E): unit embeddings of every training synonym (raw names); synonym_index (C, K) with
@@ -326,6 +353,15 @@ def loss_fn(model: GKC, batch, rng, text, synonym_index, c):
                                            teacher, names, model.kd_scale[...],
                                            targets["labels"].shape[1])
     total = total + c.kd_weight * terms["loss_kd"]
+  if c.get("caption_weight", 0) and "caption_nouns" in batch:
+    nouns = batch["caption_nouns"]
+    r = min(c.caption_regions, targets["labels"].shape[1])
+    query = jnp.maximum(matches[0][:, :r], 0)
+    regions = jnp.take_along_axis(sets[0]["embedding"], query[..., None], axis=1)
+    terms["loss_caption"] = caption_grounding_loss(
+        regions, targets["valid"][:, :r] & (matches[0][:, :r] >= 0),
+        concept_text[jnp.maximum(nouns, 0)], nouns >= 0, jnp.exp(cp.logit_scale[...]))
+    total = total + c.caption_weight * terms["loss_caption"]
   return total, terms
 
 
@@ -358,16 +394,63 @@ class GKCMethod(Method):
     from ovs_jax.models import clip_family
     return {"clip": clip_family.to_record(model.clip.config)}
 
+  def train_source(self, config):
+    """The default source; with caption grounding on, its records carry their captions'
+    concept-bank ids (`input_pipeline/caption_nouns.py`), when the dataset has captions."""
+    source = super().train_source(config)
+    if not config.loss.get("caption_weight", 0):
+      return source
+    from absl import logging
+    from input_pipeline import caption_nouns
+    from input_pipeline.concepts import ConceptMatcher, load_bank
+    captions = caption_nouns.dataset_captions(config.data.train, "train", source,
+                                              root=config.data.root or None)
+    if captions is None:
+      logging.warning("%s has no captions: caption grounding is off", config.data.train)
+      return source
+    table = caption_nouns.concept_table(captions[:len(source)], ConceptMatcher(load_bank()))
+    return caption_nouns.WithCaptionConcepts(source, table)
+
+  def train_data(self, config, source, mesh):
+    """The default segmentation loader, plus one caption's nouns per example (`caption_nouns`)
+    when the source carries captions."""
+    from input_pipeline import caption_nouns, loader, mappers
+    from input_pipeline.global_batch import DevicePrefetcher
+    from ovs_jax import sharding
+    if not isinstance(source, caption_nouns.WithCaptionConcepts):
+      return super().train_data(config, source, mesh)
+    d = config.data
+    mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
+    mapper = dataclasses.replace(mapper, ops=[caption_nouns.DrawCaptionNouns(), *mapper.ops])
+    it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
+                                       worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
+    return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+
+  def batch_spec(self, config, batch_size, height, width):
+    spec = super().batch_spec(config, batch_size, height, width)
+    if config.loss.get("caption_weight", 0) and config.data.train in CAPTIONED:
+      from input_pipeline.caption_nouns import MAX_NOUNS
+      spec["caption_nouns"] = ((batch_size, MAX_NOUNS), "int32")
+    return spec
+
   def train_context(self, model, config, vocabulary, templates, cache_dir):
+    """(synonym embeddings (S, E), synonym index (C, K), concept-bank embeddings (N, E)), all
+    raw names through the frozen text tower."""
     del templates  # GKC embeds raw names
+    from input_pipeline.concepts import load_bank
     from ovs_jax.text_classifier import build_text_classifier
     sets = training_synonyms(config, vocabulary)
     clf = build_text_classifier(model.clip, sets, RAW_NAMES, cache_dir=cache_dir)
-    return jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)
+    bank = build_text_classifier(model.clip, [[n] for n in load_bank()], RAW_NAMES,
+                                 cache_dir=cache_dir)
+    return (jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index),
+            jnp.asarray(bank.embeddings))
 
   def context_spec(self, model, num_classes, synonyms):
-    return (((num_classes * synonyms, model.clip.config.projection_dim), "float32"),
-            ((num_classes, synonyms), "int32"))
+    from input_pipeline.concepts import load_bank
+    dim = model.clip.config.projection_dim
+    return (((num_classes * synonyms, dim), "float32"), ((num_classes, synonyms), "int32"),
+            ((len(load_bank()), dim), "float32"))
 
   def loss(self, model, batch, rng, context, config):
     return loss_fn(model, batch, rng, *context, config.loss)
