@@ -18,7 +18,7 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.py"))
 VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt_vitb.py": ["", "demo"],
             # The ConvNeXt recipes share the ViT recipe's variants; their full-size builds are the slow part.
             "maft_plus_convnext_b.py": ["", "demo"], "maft_plus_convnext_l.py": [""],
-            "gkc_r50.py": ["", "demo"], "gkc_vitb.py": ["", "demo"],
+            "gkc_r50.py": ["", "demo"], "gkc_vitb.py": ["", "demo", "demo,zero_shot"],
             "mvp_seg_vitb16.py": ["", "demo", "voc", "context"], "simzss_dinov2_b14.py": ["", "demo"]}
 
 
