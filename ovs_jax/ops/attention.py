@@ -29,7 +29,7 @@ import numpy as np
 
 IMPLS = ("auto", "xla", "chunked", "cudnn", "pallas")
 # Smallest Lq·Lk per head from which "auto" uses "chunked" on CPU (measured crossover, docs/benchmarks.md).
-CPU_CHUNKED_MIN_LOGITS = 256 * 256
+CPU_CHUNKED_MIN_LOGITS = 128 * 128
 CPU_CHUNK = 128  # query rows per block on CPU (64–512 measured, docs/benchmarks.md)
 # Smallest key length from which "auto" uses the Pallas kernel on TPU: below it the 128-row blocks are
 # mostly padding. Not measured on TPU hardware (none was available).
