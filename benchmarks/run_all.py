@@ -46,8 +46,7 @@ def markdown_ratios(text):
       continue
     if header is None or set(line) <= set("|-: "):
       continue
-    numeric = [i for i, c in enumerate(cells) if number(c) is not None]
-    label = " ".join(c for c in cells[:numeric[0] if numeric else len(cells)] if c)
+    label = " ".join([cells[0]] + [c for c in cells[1:] if c and number(c) is None])  # e.g. "785 chunked/128"
     for i, name in enumerate(header):
       if "ours/" in name and i < len(cells) and number(cells[i]) is not None:
         out.append((label, name, number(cells[i])))
