@@ -61,9 +61,9 @@ def train_steps(run, n: int):
   return losses, params, seen
 
 
-def assert_trees_close(actual, expected, rtol=2e-5, what="params", floor=3e-4):
+def assert_trees_close(actual, expected, rtol=5e-5, what="params", floor=3e-4):
   """Per leaf: max|a-b| ≤ rtol · max(max|b|, floor): fp32 roundoff of sharded sums in reordered
-  reductions reaches ~1e-5 after a few Adam steps on small biases. The floor (the tiny config's learning rate)
+  reductions reaches ~2.5e-5 after a few Adam steps on small biases. The floor (the tiny config's learning rate)
   judges zero-initialised parameters with an exactly-zero gradient (attention key biases, biases
   before a normalisation), which only ever move by roundoff, against the size of a real step."""
   import jax

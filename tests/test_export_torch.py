@@ -205,11 +205,11 @@ def test_bfloat16_export_without_teacher(demo):
 
 
 def test_errors_name_the_file(demo, tmp_path):
-  # Another method's checkpoint.
+  # A checkpoint of a method this install does not have.
   other = tmp_path / "other"
   other.mkdir()
-  (other / "config.json").write_text(json.dumps({"method": "gkc", "clip": {}}))
-  with pytest.raises(CheckpointError, match=r"other/config.json: method 'gkc'"):
+  (other / "config.json").write_text(json.dumps({"method": "zegformer", "clip": {}}))
+  with pytest.raises(CheckpointError, match=r"other/config.json: method 'zegformer'"):
     export.to_torch(other, tmp_path / "x")
   # An HF CLIP directory is not a MAFT+ export.
   with pytest.raises(CheckpointError, match=r"clip/config.json: model_type 'clip'"):
