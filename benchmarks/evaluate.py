@@ -73,6 +73,8 @@ def torch_eval(hf, batch, text_emb, cfg, num_classes):
   """The reference eval step on one padded batch -> (labels, confusion matrix)."""
   mean, std = torch.tensor(preprocess.CLIP_MEAN), torch.tensor(preprocess.CLIP_STD)
   px = ((torch.from_numpy(batch["image"]).float() / 255 - mean) / std).permute(0, 3, 1, 2)
+  for k, (h, w) in enumerate(batch["image_hw"]):  # the padding is the mean colour (0 after
+    px[k, :, h:], px[k, :, :, w:] = 0, 0          # normalising), as detectron2's ImageList pads
   if cfg.mode == "whole":
     scores = torch_maskclip(hf, px, text_emb)
   else:

@@ -7,7 +7,7 @@ r"""GKC with a CLIP RN50 student: the paper's recipe (Han et al., ICCV 2023; doc
 Recipe: COCO-Panoptic-133, flip + resize-scale 0.8-1.2 x 512 + fixed 512 crop, batch 112, 50k
 steps, AdamW 3e-4, weight decay 0.05, backbone x0.1, step decay x0.1 at 40k and 45k, gradient
 clip 0.01, bfloat16 compute; losses CE 2 / BCE 5 / dice 5 (void 0.1), region dropout 0.5,
-synonym CE 10, text-guided KD 10 (<= 200 crops per step), caption grounding 10 (one caption's
+synonym CE 10, text-guided KD 10 (<= 16 crops per image, cut from the un-augmented image), caption grounding 10 (one caption's
 nouns, <= 25 matched queries). RN101: --config.clip.arch=RN101.
 `:demo`: the demo data on the tiny demo ResNet CLIP (`resnet_tiny`).
 """
@@ -22,18 +22,24 @@ def base_config():
   c.method = "gkc"
   c.seed = 0
   c.clip = dict(weights="", arch="RN50", hidden_act="", templates="vild")
-  # pyramid_blocks: the ViT blocks (1-based) feeding res2..res5; unused by a ResNet.
+  # pyramid_blocks: the ViT blocks (1-based) feeding res2..res5; unused by a ResNet. attention:
+  # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py).
   c.model = dict(num_queries=100, hidden_dim=256, enc_layers=6, enc_ffn_dim=1024, dec_layers=9,
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, pyramid_blocks=(4, 6, 8, 12),
-                 dtype="bfloat16", scan=False, remat=False)
-  # kd_crop_size 0: the teacher's input size. synonyms: '' = the shipped sets of the training
-  # vocabulary (input_pipeline/vocab/synonyms), or a path to a synonym file. Caption grounding
+                 dtype="bfloat16", scan=False, remat=False, attention="auto")
+  # Distillation crops come from an un-augmented kd_canvas² view of each image (640: every COCO
+  # image unscaled), at most kd_crops_per_image per image (GKC: <= 200 per forward of 14 images,
+  # 112 over 8 GPUs), resized to kd_crop_size (0: the teacher's input size). synonyms: '' = the
+  # shipped sets of the training vocabulary (input_pipeline/vocab/synonyms), or a path to a synonym
+  # file; synonym_filter: '' = draw among all of a class's synonyms, or the per-segment CLIP filter
+  # file of `python -m input_pipeline.synonyms filter` (GKC keeps p > 0.1). Caption grounding
   # (caption_weight) uses COCO Captions (coco/annotations/captions_train2017.json) and is off for
   # a training set without captions.
   c.loss = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, void_weight=0.1,
                 num_points=12544, oversample_ratio=3.0, importance_sample_ratio=0.75,
-                region_dropout=0.5, synonym_weight=10.0, synonyms="", kd_weight=10.0,
-                kd_max_crops=200, kd_crop_size=0, caption_weight=10.0, caption_regions=25)
+                region_dropout=0.5, synonym_weight=10.0, synonyms="", synonym_filter="",
+                kd_weight=10.0, kd_canvas=640, kd_crops_per_image=16, kd_crop_size=0,
+                caption_weight=10.0, caption_regions=25)
   c.data = dict(train="coco_panoptic_133", unseen="", train_max_images=0, root="",
                 train_mapper="lsj", crop_size=512, scale_range=(0.8, 1.2), cat_max_ratio=1.0,
                 min_size_train=(512,), min_size_train_sampling="choice", max_size_train=2048,

@@ -19,7 +19,7 @@ from input_pipeline import targets
 from input_pipeline import transforms as T
 
 KEYS = ["image", "label", "image_hw", "masks", "mask_classes", "mask_valid", "mask_ids", "pan_seg",
-        "caption_nouns"]
+        "caption_nouns", "mask_synonyms", "teacher_image", "teacher_segments"]
 
 
 @dataclasses.dataclass(frozen=True)

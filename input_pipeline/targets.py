@@ -7,6 +7,8 @@ Outputs (N = num_masks):
   mask_classes  (N,) int32       class id of each mask, -1 for padding
   mask_valid    (N,) bool        True for real masks
   mask_ids      (N,) int32       panoptic only: the segment's value in pan_seg (0 for padding)
+  mask_synonyms (N,) int32       panoptic with a record's `segment_synonyms` (GKC's synonym filter,
+                                 input_pipeline/segment_synonyms.py): its bitmask per slot (0 padding)
 Slots are filled in ascending class (semantic) or segment (panoptic) order; when more than N are
 present, the N largest by area are kept.
 """
@@ -76,4 +78,7 @@ class PanopticToMasks(grain.transforms.Map):
     masks = pan[None] == ids[:, None, None] if self.with_masks else None
     out = _pack(el, seg_classes[ids - 1], ids, masks, self.num_masks, self.with_masks)
     del out["segment_classes"], out["segment_iscrowd"]
+    if "segment_synonyms" in out:
+      bits = out.pop("segment_synonyms")[ids - 1].astype(np.int32)
+      out["mask_synonyms"] = np.pad(bits, (0, self.num_masks - len(ids)))
     return out

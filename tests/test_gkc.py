@@ -11,8 +11,8 @@ from PIL import Image
 from ovs_jax.config_utils import recipe_config
 from ovs_jax.losses.set_criterion import MaskLossConfig, mask_classification_loss
 from ovs_jax.methods import gkc
-from ovs_jax.ops.segment_crops import segment_crop, segment_crops
-from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD, normalize
+from ovs_jax.ops.segment_crops import segment_crop
+from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD
 
 RNG = np.random.default_rng(0)
 B, Q, T, E, SETS = 3, 7, 4, 8, 2
@@ -160,19 +160,48 @@ def test_drawn_synonyms_are_uniform_over_each_class():
   np.testing.assert_allclose(np.bincount(rows[:, 0], minlength=3) / 4000, [1 / 3] * 3, atol=0.03)
 
 
+def test_drawn_synonyms_follow_the_segment_filter():
+  """Bit k of a target's filter bits = synonym k of its class may be drawn (uniform among the
+  kept ones); all bits (-1, a segment the filter file does not list) = every synonym; bits that
+  keep none of the class's synonyms (padding slots: 0) fall back to every synonym."""
+  n = 4000
+  labels = jnp.asarray(np.tile([[0, 0, 2, 0, 2]], (n, 1)))
+  bits = jnp.asarray(np.tile([[0b101, 0b010, -1, 0, 0b100]], (n, 1)), jnp.int32)
+  rows = np.asarray(gkc.draw_synonyms(jax.random.PRNGKey(3), labels, jnp.asarray(INDEX), bits))
+  assert set(rows[:, 0]) == {0, 2} and abs((rows[:, 0] == 0).mean() - 0.5) < 0.03
+  assert set(rows[:, 1]) == {1}
+  assert set(rows[:, 2]) == {4, 5} and set(rows[:, 3]) == {0, 1, 2}
+  assert set(rows[:, 4]) == {4, 5}  # bit 2 is past class 2's two synonyms: none kept
+
+
+# Crop slots per image: 3 for 4 valid segments in image 0 (a random subset), 1 segment and two
+# padding slots in image 1, nothing in image 2.
+P = 3
+
+
+def test_choose_crops_draws_a_uniform_subset_per_image():
+  counts = np.zeros(T)
+  for seed in range(300):
+    slots, ok = map(np.asarray, gkc.choose_crops(jax.random.PRNGKey(seed), jnp.asarray(VALID), P))
+    assert slots.shape == ok.shape == (B, P)
+    assert ok.sum(1).tolist() == [3, 1, 0] and len(set(slots[0])) == 3
+    assert slots[1][ok[1]].tolist() == [0]
+    counts[slots[0]] += 1
+  np.testing.assert_allclose(counts / 300, [3 / 4] * 4, atol=0.08)
+
+
 def test_text_guided_kd_equals_numpy_rederivation():
   cp, kd = class_path(), kd_path()
   sets = sets_for(cp)
-  # 6 crop slots for 5 valid segments: the last one is padding; image 2 has no segment.
-  slots, crop_valid = gkc.choose_crops(jax.random.PRNGKey(1), jnp.asarray(VALID), 6)
-  slots, crop_valid = np.asarray(slots), np.asarray(crop_valid)
-  assert crop_valid.sum() == 5 and sorted(slots[crop_valid]) == [0, 1, 2, 3, 4]
-  teacher = unit(RNG.normal(size=(6, E)))
-  names = unit(RNG.normal(size=(6, E)))
+  slots, crop_valid = map(np.asarray, gkc.choose_crops(jax.random.PRNGKey(1), jnp.asarray(VALID), P))
+  crop_valid = crop_valid.copy()
+  crop_valid[0, 1] = False  # a segment the teacher view lost (scaled away): left out
+  teacher = unit(RNG.normal(size=(B, P, E)))
+  names = unit(RNG.normal(size=(B, P, E)))
   s = 1.3
   got = gkc.text_guided_kd_loss(kd, sets, [jnp.asarray(MATCH)] * SETS, jnp.asarray(slots),
                                 jnp.asarray(crop_valid), jnp.asarray(teacher, jnp.float32),
-                                jnp.asarray(names, jnp.float32), s, T)
+                                jnp.asarray(names, jnp.float32), s)
   want = 0.0
   for i, st in enumerate(sets):
     shared = np.asarray(st["shared"], np.float64)
@@ -180,11 +209,13 @@ def test_text_guided_kd_equals_numpy_rederivation():
     bias = np.asarray(kd.proj[i].bias[...], np.float64)
     terms = []
     for b in range(B):
-      crops = [k for k in range(6) if crop_valid[k] and slots[k] // T == b]
-      v = {k: unit(shared[b, MATCH[b, slots[k] % T]] @ kernel + bias) for k in crops}
-      terms += [(s * s * names[i_] @ names[j] - v[i_] @ teacher[j]) ** 2 for i_ in crops for j in crops]
-      terms += [np.sum((v[k] - teacher[k]) ** 2) for k in crops]
+      crops = [k for k in range(P) if crop_valid[b, k]]
+      v = {k: unit(shared[b, MATCH[b, slots[b, k]]] @ kernel + bias) for k in crops}
+      c, t = teacher[b], names[b]
+      terms += [(s * s * t[i_] @ t[j] - v[i_] @ c[j]) ** 2 for i_ in crops for j in crops]
+      terms += [np.sum((v[k] - c[k]) ** 2) for k in crops]
     want += np.mean(terms)
+  assert crop_valid.sum() == 3
   np.testing.assert_allclose(float(got), want, rtol=1e-5)
 
 
@@ -210,16 +241,42 @@ def test_segment_crop_equals_pil(box):
     np.testing.assert_allclose(np.asarray(got), pil_crop(image, mask, size), atol=1e-3)
 
 
-def test_teacher_crops_undo_the_input_normalisation():
-  images = RNG.integers(0, 256, (2, 40, 48, 3)).astype(np.uint8)
-  masks = np.zeros((2, 3, 40, 48), bool)
-  masks[0, 0, 5:20, 10:30] = masks[1, 1, 30:, :7] = True
-  got = gkc.teacher_crops(jnp.asarray(normalize(images)), jnp.asarray(masks), jnp.asarray([0, 4]), 16)
-  for k, (b, t) in enumerate([(0, 0), (1, 1)]):
-    want = (pil_crop(images[b].astype(np.float32), masks[b, t], 16) / 255 - CLIP_MEAN) / CLIP_STD
-    np.testing.assert_allclose(np.asarray(got[k]), want, atol=1e-3)
-  empty = segment_crops(jnp.zeros((1, 8, 8, 3)), jnp.zeros((1, 8, 8), bool), jnp.zeros(1, jnp.int32), 4)
-  assert np.isfinite(np.asarray(empty)).all()
+def test_teacher_crops_come_from_the_view_by_segment_value():
+  """Crops cut from the uint8 teacher view: crop (b, p) is the region of `segments[b]` equal to
+  its value, as PIL cuts it, CLIP-normalised; a value absent from the view is reported so."""
+  view = RNG.integers(0, 256, (2, 40, 48, 3)).astype(np.uint8)
+  segments = np.zeros((2, 40, 48), np.int32)
+  segments[0, 5:20, 10:30] = 3
+  segments[0, 25:, :] = 1
+  segments[1, 30:, :7] = 2
+  values = np.array([[3, 1], [2, 5]], np.int32)
+  crops, present = gkc.teacher_crops(jnp.asarray(view), jnp.asarray(segments), jnp.asarray(values), 16)
+  assert np.asarray(present).tolist() == [[True, True], [True, False]]
+  for b, p in [(0, 0), (0, 1), (1, 0)]:
+    mask = segments[b] == values[b, p]
+    want = (pil_crop(view[b].astype(np.float32), mask, 16) / 255 - CLIP_MEAN) / CLIP_STD
+    np.testing.assert_allclose(np.asarray(crops[b, p]), want, atol=1e-3)
+  assert np.isfinite(np.asarray(crops[1, 1])).all()
+
+
+def test_teacher_view_keeps_the_unaugmented_image_and_segments():
+  """TeacherView runs before augmentation: the original image and segment map at the top left of
+  a fixed canvas (scaled only when larger), so the loss's crops equal crops of the original."""
+  from input_pipeline.teacher_view import TeacherView
+  image = RNG.integers(0, 256, (30, 50, 3)).astype(np.uint8)
+  pan = RNG.integers(0, 4, (30, 50)).astype(np.int32)
+  out = TeacherView(64).map({"image": image, "pan_seg": pan, "label": np.zeros((30, 50), np.uint8)})
+  assert out["teacher_image"].shape == (64, 64, 3) and out["teacher_image"].dtype == np.uint8
+  np.testing.assert_array_equal(out["teacher_image"][:30, :50], image)
+  assert (out["teacher_image"][30:] == 128).all() and (out["teacher_segments"][:, 50:] == 0).all()
+  np.testing.assert_array_equal(out["teacher_segments"][:30, :50], pan)
+  label = RNG.integers(0, 5, (100, 60)).astype(np.uint8)
+  small = TeacherView(50, ignore_label=255).map({"image": np.zeros((100, 60, 3), np.uint8),
+                                                 "label": label})
+  assert (small["teacher_segments"][:, 30:] == 255).all()  # 100x60 -> 50x30, ignore around it
+  rows, cols = (np.arange(50) + 0.5) * 2, (np.arange(30) + 0.5) * 2  # nearest, pixel centres
+  np.testing.assert_array_equal(small["teacher_segments"][:, :30],
+                                label[rows.astype(int)[:, None], cols.astype(int)[None]])
 
 
 @pytest.mark.parametrize("recipe", ["gkc_vitb", "gkc_r50"])
@@ -262,7 +319,7 @@ def test_pyramid_blocks_are_checked():
 TINY = {"clip.weights": "random", "model.num_queries": 8, "model.hidden_dim": 32,
         "model.enc_layers": 1, "model.enc_ffn_dim": 64, "model.dec_layers": 1,
         "model.dec_ffn_dim": 64, "model.num_heads": 2, "model.deform_points": 1,
-        "loss.num_points": 256, "loss.kd_max_crops": 8, "loss.kd_crop_size": 32,
+        "loss.num_points": 256, "loss.kd_crops_per_image": 4, "loss.kd_crop_size": 32,
         "data.crop_size": 64, "data.num_masks": 6, "evals.val.every": -1,
         "evals.pictures.every": -1, "train.batch_size": 8, "train.log_every": 1}
 

@@ -59,14 +59,20 @@ class Method:
   def train_data(self, config, source, mesh):
     """Iterator of (global batch, iterator state) on `mesh`; `.save()`-able as grain's. Default:
     segmentation crops with mask targets (`input_pipeline.mappers`)."""
-    from input_pipeline import loader, mappers
+    from input_pipeline import loader
     from input_pipeline.global_batch import DevicePrefetcher
     from ovs_jax import sharding
     d = config.data
-    mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
+    mapper = self.train_mapper(config, source)
     it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
                                        worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
     return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+
+  def train_mapper(self, config, source):
+    """The per-record transforms of `train_data` (`input_pipeline.mappers.Mapper`; default: the
+    one `config.data` names)."""
+    from input_pipeline import mappers
+    return mappers.from_config(source, config.data, with_masks=source.meta.kind == "panoptic")
 
   def train_context(self, model, config, vocabulary, templates, cache_dir):
     """What the loss needs per training vocabulary, computed once (default: nothing)."""

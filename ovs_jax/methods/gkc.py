@@ -31,7 +31,7 @@ from ovs_jax.methods.common import frozen_copy, mask_targets
 from ovs_jax.models.clip import CLIP, CLIPBase, l2_normalize
 from ovs_jax.models.resnet_clip import ResNetCLIP
 from ovs_jax.ops.resize import resize_nchw
-from ovs_jax.ops.segment_crops import segment_crops
+from ovs_jax.ops.segment_crops import segment_crop
 from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD
 from ovs_jax.text_classifier import max_over_synonyms
 
@@ -195,12 +195,19 @@ def region_dropout(rng, match, valid, num_queries, rate):
   return matched & (jax.random.uniform(rng, (b, num_queries)) < rate)
 
 
-def draw_synonyms(rng, labels, synonym_index):
+def draw_synonyms(rng, labels, synonym_index, allowed_bits=None):
   """(B, T) row in the text table of a synonym of each target's class, uniform over the class's
-  synonyms (synonym_index (C, K), −1 = padding)."""
-  counts = (synonym_index >= 0).sum(1)[labels]
-  k = jnp.minimum((jax.random.uniform(rng, labels.shape) * counts).astype(jnp.int32), counts - 1)
-  return synonym_index[labels, k]
+  synonyms (synonym_index (C, K), −1 = padding). allowed_bits (B, T) int32, GKC's per-segment
+  filter (`input_pipeline/segment_synonyms.py`): bit k set = synonym k may be drawn; a target
+  whose bits keep none of its class's synonyms draws among all of them."""
+  rows = synonym_index[labels]  # (B, T, K)
+  allowed = rows >= 0
+  if allowed_bits is not None:
+    k = jnp.arange(rows.shape[-1], dtype=jnp.int32)
+    kept = allowed & (((allowed_bits[..., None] >> k) & 1) == 1)
+    allowed = jnp.where(kept.any(-1, keepdims=True), kept, allowed)
+  pick = jnp.argmax(jnp.where(allowed, jax.random.uniform(rng, rows.shape), -1.0), -1)
+  return jnp.take_along_axis(rows, pick[..., None], -1)[..., 0]
 
 
 def synonym_classes(labels, valid, rows, synonym_index):
@@ -230,39 +237,45 @@ def synonym_classes(labels, valid, rows, synonym_index):
   return columns, active, targets.reshape(b, t)
 
 
-def pairwise_kd(v, c, t, image, valid, scale):
+def pairwise_kd(v, c, t, valid, scale):
   """Text-guided KD over crops (DESIGN §5): mean of {(s²·t_i·t_j − v_i·c_j)² for pairs i, j of one
   image} ∪ {‖v_i − c_i‖²}.
 
-  v (N, E) unit student embeddings, c (N, E) unit teacher embeddings, t (N, E) unit text
-  embeddings of the segments' names, image (N,) image of each crop, valid (N,) bool.
+  v (B, P, E) unit student embeddings, c (B, P, E) unit teacher embeddings, t (B, P, E) unit text
+  embeddings of the segments' names, valid (B, P) bool; crop slots of image b along P.
   """
-  pair = valid[:, None] & valid[None, :] & (image[:, None] == image[None, :])
-  text = scale ** 2 * (t @ t.T)
-  pair_terms = jnp.where(pair, (text - v @ c.T) ** 2, 0.0)
+  pair = valid[:, :, None] & valid[:, None, :]
+  text = scale ** 2 * jnp.einsum("bie,bje->bij", t, t)
+  pair_terms = jnp.where(pair, (text - jnp.einsum("bie,bje->bij", v, c)) ** 2, 0.0)
   self_terms = jnp.where(valid, jnp.sum((v - c) ** 2, -1), 0.0)
   count = jnp.sum(pair) + jnp.sum(valid)
   return (jnp.sum(pair_terms) + jnp.sum(self_terms)) / jnp.maximum(count, 1)
 
 
-def choose_crops(rng, valid, max_crops):
-  """(K,) flat target slots of up to `max_crops` valid targets drawn at random, (K,) validity."""
-  flat = valid.reshape(-1)
-  k = min(max_crops, flat.size)
-  priority = jnp.where(flat, jax.random.uniform(rng, flat.shape), -1.0)
-  chosen, slots = jax.lax.top_k(priority, k)
+def choose_crops(rng, valid, per_image):
+  """(B, P) target slots of up to `per_image` valid targets of each image, drawn at random, and
+  their validity. A fixed count per image (not per batch) keeps an image's crops on its device."""
+  p = min(per_image, valid.shape[1])
+  priority = jnp.where(valid, jax.random.uniform(rng, valid.shape), -1.0)
+  chosen, slots = jax.lax.top_k(priority, p)
   return slots, chosen >= 0
 
 
-def teacher_crops(image, masks, slots, size):
-  """CLIP-normalised batch image (B, H, W, 3), target masks (B, T, H, W), flat slots (K,) ->
-  (K, size, size, 3) CLIP-normalised crops (grey 128 outside the mask, box, bicubic)."""
-  t = masks.shape[1]
+def teacher_crops(view, segments, values, size):
+  """The teacher's inputs from the un-augmented view (`input_pipeline/teacher_view.py`).
+
+  view (B, S, S, 3) uint8, segments (B, S, S) its segment map, values (B, P) each crop's value in
+  it (panoptic segment id or semantic class) -> ((B, P, size, size, 3) CLIP-normalised crops:
+  grey 128 outside the mask, box, bicubic; (B, P) bool: the segment is in the view).
+  """
   mean, std = jnp.asarray(CLIP_MEAN), jnp.asarray(CLIP_STD)
-  pixels = (image.astype(jnp.float32) * std + mean) * 255.0  # back to the 0-255 picture
-  seg = masks.reshape(-1, *masks.shape[2:])[slots].astype(bool)
-  crops = segment_crops(pixels, seg, slots // t, size)
-  return (crops / 255.0 - mean) / std
+
+  def one_image(image, seg, vals):
+    masks = seg[None] == vals[:, None, None]
+    crops = jax.vmap(lambda m: segment_crop(image.astype(jnp.float32), m, size))(masks)
+    return crops, masks.any((1, 2))
+  crops, present = jax.vmap(one_image)(view, segments, values)
+  return (crops / 255.0 - mean) / std, present
 
 
 def synonym_loss(class_path, sets, matches, dropped, targets, rows, text, synonym_index,
@@ -281,16 +294,16 @@ def synonym_loss(class_path, sets, matches, dropped, targets, rows, text, synony
 
 
 def text_guided_kd_loss(kd_proj: KDProjections, sets, matches, slots, crop_valid, teacher, names,
-                        scale, num_targets):
+                        scale):
   """Σ over sets of `pairwise_kd` between the matched queries' distillation embeddings and the
-  teacher's crop embeddings. slots (N,) flat target slot of each crop (image = slot // T),
-  crop_valid (N,), teacher (N, E) unit, names (N, E) unit text of each crop's class."""
-  image, target = slots // num_targets, slots % num_targets
+  teacher's crop embeddings. slots (B, P) target slot of each crop, crop_valid (B, P),
+  teacher (B, P, E) unit, names (B, P, E) unit text of each crop's class."""
   total = 0.0
   for s, m in zip(sets, matches):
-    query = jnp.maximum(m[image, target], 0)
-    v = kd_proj(s["shared"][image, query], s["index"])
-    total = total + pairwise_kd(v, teacher, names, image, crop_valid, scale)
+    query = jnp.take_along_axis(m, slots, 1)  # (B, P) matched query of each crop's target
+    shared = jnp.take_along_axis(s["shared"], jnp.maximum(query, 0)[..., None], 1)
+    v = kd_proj(shared, s["index"])
+    total = total + pairwise_kd(v, teacher, names, crop_valid & (query >= 0), scale)
   return total
 
 
@@ -340,18 +353,24 @@ def loss_fn(model: GKC, batch, rng, text, synonym_index, concept_text, c):
   total, terms = mask_classification_loss(set_rng, sets, targets, config=mask_cfg, matches=matches,
                                           class_ignore=dropped)
   if c.synonym_weight:
-    rows = draw_synonyms(syn_rng, targets["labels"], synonym_index)
+    rows = draw_synonyms(syn_rng, targets["labels"], synonym_index, batch.get("mask_synonyms"))
     terms["loss_synonym"] = synonym_loss(cp, sets, matches, dropped, targets, rows, text,
                                          synonym_index, c.void_weight)
     total = total + c.synonym_weight * terms["loss_synonym"]
   if c.kd_weight:
-    slots, crop_valid = choose_crops(crop_rng, targets["valid"], c.kd_max_crops)
+    if "teacher_image" not in batch:
+      raise KeyError("GKC's distillation reads batch['teacher_image'] and ['teacher_segments'], "
+                     "the un-augmented view GKC's loader adds (input_pipeline/teacher_view.py)")
+    slots, crop_valid = choose_crops(crop_rng, targets["valid"], c.kd_crops_per_image)
+    values = batch["mask_ids"] if "mask_ids" in batch else batch["mask_classes"]
     size = c.kd_crop_size or model.clip.config.vision.image_size
-    teacher = model.teacher(teacher_crops(batch["image"], targets["masks"], slots, size))
-    names = class_text[targets["labels"].reshape(-1)[slots]]
-    terms["loss_kd"] = text_guided_kd_loss(model.kd_proj, sets, matches, slots, crop_valid,
-                                           teacher, names, model.kd_scale[...],
-                                           targets["labels"].shape[1])
+    crops, present = teacher_crops(batch["teacher_image"], batch["teacher_segments"],
+                                   jnp.take_along_axis(values, slots, 1), size)
+    teacher = model.teacher(crops.reshape(-1, *crops.shape[2:])).reshape(*slots.shape, -1)
+    names = class_text[jnp.take_along_axis(targets["labels"], slots, 1)]
+    terms["loss_kd"] = text_guided_kd_loss(model.kd_proj, sets, matches, slots,
+                                           crop_valid & present, teacher, names,
+                                           model.kd_scale[...])
     total = total + c.kd_weight * terms["loss_kd"]
   if c.get("caption_weight", 0) and "caption_nouns" in batch:
     nouns = batch["caption_nouns"]
@@ -395,12 +414,23 @@ class GKCMethod(Method):
     return {"clip": clip_family.to_record(model.clip.config)}
 
   def train_source(self, config):
-    """The default source; with caption grounding on, its records carry their captions'
-    concept-bank ids (`input_pipeline/caption_nouns.py`), when the dataset has captions."""
+    """The default source; its records carry their segments' filtered synonyms with
+    `loss.synonym_filter` (`input_pipeline/segment_synonyms.py`) and, with caption grounding on,
+    their captions' concept-bank ids (`input_pipeline/caption_nouns.py`) where the dataset has
+    captions."""
+    from absl import logging
     source = super().train_source(config)
+    if config.loss.synonym_weight and config.loss.get("synonym_filter"):
+      from input_pipeline.datasets import dataset_meta
+      from input_pipeline.segment_synonyms import WithSegmentSynonyms
+      from input_pipeline.synonyms import load_synonyms
+      vocab_name = dataset_meta(config.data.train, "train").vocabulary
+      sets = load_synonyms(vocab_name, config.loss.get("synonyms") or None)
+      source = WithSegmentSynonyms(source, config.loss.synonym_filter, sets)
+      logging.info("synonym filter %s covers %d of %d training images (the rest draw among all "
+                   "synonyms)", config.loss.synonym_filter, source.covered, len(source))
     if not config.loss.get("caption_weight", 0):
       return source
-    from absl import logging
     from input_pipeline import caption_nouns
     from input_pipeline.concepts import ConceptMatcher, load_bank
     captions = caption_nouns.dataset_captions(config.data.train, "train", source,
@@ -411,24 +441,28 @@ class GKCMethod(Method):
     table = caption_nouns.concept_table(captions[:len(source)], ConceptMatcher(load_bank()))
     return caption_nouns.WithCaptionConcepts(source, table)
 
-  def train_data(self, config, source, mesh):
-    """The default segmentation loader, plus one caption's nouns per example (`caption_nouns`)
-    when the source carries captions."""
-    from input_pipeline import caption_nouns, loader, mappers
-    from input_pipeline.global_batch import DevicePrefetcher
-    from ovs_jax import sharding
-    if not isinstance(source, caption_nouns.WithCaptionConcepts):
-      return super().train_data(config, source, mesh)
-    d = config.data
-    mapper = mappers.from_config(source, d, with_masks=source.meta.kind == "panoptic")
-    mapper = dataclasses.replace(mapper, ops=[caption_nouns.DrawCaptionNouns(), *mapper.ops])
-    it = iter(loader.make_train_loader(source, config.train.batch_size, mapper, seed=config.seed,
-                                       worker_count=d.worker_count, bucket=d.get("train_bucket", 32)))
-    return DevicePrefetcher(it, sharding.batch_sharding(mesh))
+  def train_mapper(self, config, source):
+    """The default mapper, first taking the un-augmented view the distillation teacher crops from
+    (`input_pipeline/teacher_view.py`) and one caption's nouns when the source has captions."""
+    from input_pipeline import caption_nouns
+    from input_pipeline.teacher_view import TeacherView
+    mapper = super().train_mapper(config, source)
+    first = []
+    if config.loss.kd_weight:
+      first.append(TeacherView(config.loss.kd_canvas, source.ignore_label))
+    if isinstance(source, caption_nouns.WithCaptionConcepts):
+      first.append(caption_nouns.DrawCaptionNouns())
+    return dataclasses.replace(mapper, ops=[*first, *mapper.ops])
 
   def batch_spec(self, config, batch_size, height, width):
     spec = super().batch_spec(config, batch_size, height, width)
-    if config.loss.get("caption_weight", 0) and config.data.train in CAPTIONED:
+    c = config.loss
+    if c.kd_weight:
+      spec["teacher_image"] = ((batch_size, c.kd_canvas, c.kd_canvas, 3), "uint8")
+      spec["teacher_segments"] = ((batch_size, c.kd_canvas, c.kd_canvas), "int32")
+    if c.synonym_weight and c.get("synonym_filter"):
+      spec["mask_synonyms"] = ((batch_size, config.data.num_masks), "int32")
+    if c.get("caption_weight", 0) and config.data.train in CAPTIONED:
       from input_pipeline.caption_nouns import MAX_NOUNS
       spec["caption_nouns"] = ((batch_size, MAX_NOUNS), "int32")
     return spec

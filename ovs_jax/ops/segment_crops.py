@@ -59,7 +59,3 @@ def segment_crop(image, mask, size: int, fill: float = GREY):
   hp = jax.lax.Precision.HIGHEST  # float32 matmuls: the 1e-3 agreement with PIL needs them
   return jnp.einsum('oh,hwc,pw->opc', wy, filled, wx, precision=hp)
 
-
-def segment_crops(images, masks, image_index, size: int, fill: float = GREY):
-  """images (B, H, W, C), masks (N, H, W) bool, image_index (N,) -> (N, size, size, C)."""
-  return jax.vmap(lambda m, i: segment_crop(images[i], m, size, fill))(masks, image_index)

@@ -1,0 +1,85 @@
+"""What GKC's loader adds to the default one, on data in the real COCO panoptic layout: the
+un-augmented teacher view and each target's filtered synonyms (`loss.synonym_filter`)."""
+import json
+
+import numpy as np
+import pytest
+
+from input_pipeline import synthetic
+from input_pipeline.synonyms import FILTER_FORMAT, load_synonyms
+from ovs_jax.config_utils import recipe_config
+from ovs_jax.methods import gkc
+
+
+def _config(root, **loss):
+  config = recipe_config("configs/gkc_r50.py")
+  config.data.update(root=str(root), crop_size=32, num_masks=6, worker_count=0)
+  config.loss.update(caption_weight=0.0, kd_canvas=64, **loss)
+  return config
+
+
+def _apply(ops, el, seed=0):
+  rng = np.random.default_rng(seed)
+  for op in ops:
+    el = op.random_map(el, rng) if hasattr(op, "random_map") else op.map(el)
+  return el
+
+
+def _filter_file(tmp_path, anns, keep):
+  """A filter file as `python -m input_pipeline.synonyms filter` writes it; keep(png, k) -> the
+  synonym indices of segment k of that image, or None to leave the segment out of the file."""
+  sets = load_synonyms("coco_panoptic_133")
+  segments = {}
+  for png, infos in anns.items():
+    for k, seg in enumerate(infos):
+      if keep(png, k) is not None:
+        segments.setdefault(png, {})[str(seg["id"])] = keep(png, k)
+  path = tmp_path / "filter.json"
+  path.write_text(json.dumps({"format": FILTER_FORMAT, "vocabulary": "coco_panoptic_133",
+                              "synonyms_sha256": sets.sha256, "segments": segments}))
+  return str(path)
+
+
+def test_targets_carry_their_segments_filtered_synonyms_and_the_unaugmented_view(tmp_path):
+  want = synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=3,
+                                    hw=(40, 56), seed=1)
+  with open(tmp_path / "coco" / "annotations" / "panoptic_train2017.json") as f:
+    anns = {a["file_name"]: a["segments_info"] for a in json.load(f)["annotations"]}
+  keep = {("000000000000.png", 0): [0, 2], ("000000000000.png", 1): [1],
+          ("000000000001.png", 1): [0]}  # image 2 is not in the file: every synonym
+  path = _filter_file(tmp_path, anns, lambda png, k: keep.get((png, k)))
+  config = _config(tmp_path, synonym_filter=path)
+  source = gkc.METHOD.train_source(config)
+  mapper = gkc.METHOD.train_mapper(config, source)
+  for i, w in enumerate(want):
+    png = f"{i:012d}.png"
+    record = source[i]
+    expected_bits = [sum(1 << j for j in keep[png, k]) if (png, k) in keep else -1
+                     for k in range(len(anns[png]))]
+    assert record["segment_synonyms"].tolist() == expected_bits
+    for seed in range(3):  # several crops / flips: the view never moves, the bits follow the slots
+      out = _apply(mapper.ops, record, seed)
+      np.testing.assert_array_equal(out["teacher_image"][:40, :56], w["image"])
+      np.testing.assert_array_equal(out["teacher_segments"][:40, :56], w["pan_seg"])
+      assert (out["teacher_segments"][40:] == 0).all()
+      slots = np.flatnonzero(out["mask_valid"])
+      assert out["mask_synonyms"][slots].tolist() == [expected_bits[s - 1] for s in out["mask_ids"][slots]]
+      assert (out["mask_synonyms"][~out["mask_valid"]] == 0).all()
+  spec = gkc.METHOD.batch_spec(config, 2, 32, 32)
+  assert spec["teacher_image"] == ((2, 64, 64, 3), "uint8")
+  assert spec["mask_synonyms"] == ((2, 6), "int32")
+
+
+def test_a_filter_needs_panoptic_segments(tmp_path):
+  config = recipe_config("configs/gkc_vitb.py", "demo")
+  config.loss.synonym_filter = str(tmp_path / "filter.json")
+  with pytest.raises(ValueError, match="synonym filter needs a COCO panoptic training set"):
+    gkc.METHOD.train_source(config)
+
+
+def test_without_a_filter_no_bits_and_no_view_without_distillation(tmp_path):
+  synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=1, hw=(40, 56))
+  config = _config(tmp_path, kd_weight=0.0)
+  source = gkc.METHOD.train_source(config)
+  out = _apply(gkc.METHOD.train_mapper(config, source).ops, source[0])
+  assert not {"mask_synonyms", "teacher_image", "teacher_segments"} & set(out)
