@@ -83,3 +83,35 @@ def test_without_a_filter_no_bits_and_no_view_without_distillation(tmp_path):
   source = gkc.METHOD.train_source(config)
   out = _apply(gkc.METHOD.train_mapper(config, source).ops, source[0])
   assert not {"mask_synonyms", "teacher_image", "teacher_segments"} & set(out)
+
+
+def test_loss_runs_on_a_loader_batch_with_filter_and_view(tmp_path):
+  """Loader -> loss on COCO panoptic: the step reads the teacher view by panoptic segment id and
+  the filter's bits, and every term is finite."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=2, hw=(40, 56), seed=2)
+  with open(tmp_path / "coco" / "annotations" / "panoptic_train2017.json") as f:
+    anns = {a["file_name"]: a["segments_info"] for a in json.load(f)["annotations"]}
+  path = _filter_file(tmp_path, anns, lambda png, k: [0] if k == 0 else None)
+  config = recipe_config("configs/gkc_r50.py", "demo")
+  config.data.update(train="coco_panoptic_133", root=str(tmp_path), crop_size=64, num_masks=6)
+  config.clip.weights = "random"
+  config.model.update(num_queries=8, hidden_dim=32, enc_layers=1, enc_ffn_dim=32, dec_layers=1,
+                      dec_ffn_dim=32, num_heads=2, deform_points=1)
+  config.loss.update(caption_weight=0.0, kd_canvas=64, kd_crops_per_image=4, kd_crop_size=32,
+                     num_points=64, synonym_filter=path)
+  method = gkc.METHOD
+  source = method.train_source(config)
+  ops = method.train_mapper(config, source).ops
+  records = [_apply(ops, source[i], seed=i) for i in range(2)]
+  batch = {k: jnp.asarray(np.stack([r[k] for r in records])) for k in records[0]}
+  assert {"teacher_image", "teacher_segments", "mask_synonyms", "mask_ids", "masks"} <= set(batch)
+  model = method.build_model(config)
+  context = method.train_context(model, config, method.training_vocabulary(config), None, None)
+  loss, terms = jax.jit(lambda m, b: method.loss(m, b, jax.random.PRNGKey(0), context, config))(
+      model, batch)
+  assert np.isfinite(float(loss)) and {"loss_kd", "loss_synonym"} <= set(terms)
+  assert all(np.isfinite(float(v)) for v in terms.values())
+  assert float(terms["loss_kd"]) > 0
