@@ -116,6 +116,7 @@ def backbone_only(args):
   config = get_config(args.config_arg)
   config.clip.weights = "random"
   config.model.dtype = args.dtype
+  config.model.scan = args.scan
   model = maft_plus.METHOD.build_model(config)
   layers.set_attention(model, config.model.attention)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -125,6 +126,7 @@ def backbone_only(args):
   ref = torch_backbone(model.clip.config, args.size, args.batch, args.repeats)
   print(f"\nCLIP backbone of MAFT+ {args.config_arg or 'cdt_vitb'}, fwd+bwd, {args.size}x{args.size}, "
         f"batch {args.batch}, {args.dtype} compute, attention {config.model.attention!r}, "
+        f"{'layers scanned' if args.scan else 'layers unrolled'}, "
         f"{os.cpu_count()} CPU cores, load {os.getloadavg()[0]:.1f}, jax {jax.__version__}")
   print("| part | seconds | images/s |")
   print("|---|---:|---:|")
@@ -141,6 +143,8 @@ def main():
   p.add_argument("--config_arg", default="")
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--remat", default="auto", choices=("auto", "off", "on"))
+  p.add_argument("--scan", action="store_true",
+                 help="with --backbone_only: CLIP layers under one lax.scan (config.model.scan)")
   p.add_argument("--backbone_only", action="store_true",
                  help="only the student backbone fwd+bwd and its PyTorch reference (no train step built)")
   args = p.parse_args()
