@@ -21,17 +21,13 @@ from input_pipeline import transforms as T
 GREY = 128
 
 
-def segment_map_key(el: dict) -> str:
-  return "pan_seg" if "pan_seg" in el else "label"
-
-
 class TeacherView(grain.transforms.Map):
 
   def __init__(self, size: int, ignore_label: int = 255):
     self.size, self.ignore_label = int(size), ignore_label
 
   def map(self, el):
-    key = segment_map_key(el)
+    key = "pan_seg" if "pan_seg" in el else "label"
     h, w = el["image"].shape[:2]
     scale = min(1.0, self.size / max(h, w))
     hw = (min(self.size, max(1, round(h * scale))), min(self.size, max(1, round(w * scale))))

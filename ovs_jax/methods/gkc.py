@@ -272,9 +272,9 @@ def teacher_crops(view, segments, values, size):
 
   def one_image(image, seg, vals):
     masks = seg[None] == vals[:, None, None]
-    crops = jax.vmap(lambda m: segment_crop(image.astype(jnp.float32), m, size))(masks)
+    crops = jax.vmap(lambda m: segment_crop(image, m, size))(masks)
     return crops, masks.any((1, 2))
-  crops, present = jax.vmap(one_image)(view, segments, values)
+  crops, present = jax.vmap(one_image)(view.astype(jnp.float32), segments, values)
   return (crops / 255.0 - mean) / std, present
 
 
