@@ -29,18 +29,21 @@ def base_config():
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, pyramid_blocks=(4, 6, 8, 12),
                  dtype="bfloat16", scan=False, remat=False, attention="auto")
   # Distillation crops come from an un-augmented kd_canvas² view of each image (640: every COCO
-  # image unscaled), at most kd_crops_per_image per image (GKC: <= 200 per forward of 14 images,
-  # 112 over 8 GPUs), resized to kd_crop_size (0: the teacher's input size). synonyms: '' = the
-  # shipped sets of the training vocabulary (input_pipeline/vocab/synonyms), or a path to a synonym
-  # file; synonym_filter: '' = draw among all of a class's synonyms, or the per-segment CLIP filter
-  # file of `python -m input_pipeline.synonyms filter` (GKC keeps p > 0.1). Caption grounding
-  # (caption_weight) uses COCO Captions (coco/annotations/captions_train2017.json) and is off for
-  # a training set without captions.
+  # image unscaled), at most kd_max_crops per device forward (the release's KD.MAX_LIST_LEN = 200,
+  # a random subset of the device's images' segments), resized to kd_crop_size (0: the teacher's
+  # input size). images_per_device: 0 = the batch over the devices (the release's per-GPU batch,
+  # 112 / 8 = 14), the group within which the synonym classifiers are padded, crops chosen and
+  # captions contrasted. synonyms: '' = the shipped sets of the training vocabulary
+  # (input_pipeline/vocab/synonyms), or a path to a synonym file. synonym_filter: the per-segment
+  # CLIP filter file of `python -m input_pipeline.synonyms filter` (the release keeps p > 0.1);
+  # training refuses to start without it unless unfiltered_synonyms=True says so. Caption
+  # grounding (caption_weight, every prediction set) uses COCO Captions
+  # (coco/annotations/captions_train2017.json) and is off for a training set without captions.
   c.loss = dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0, void_weight=0.1,
                 num_points=12544, oversample_ratio=3.0, importance_sample_ratio=0.75,
                 region_dropout=0.5, synonym_weight=10.0, synonyms="", synonym_filter="",
-                kd_weight=10.0, kd_canvas=640, kd_crops_per_image=16, kd_crop_size=0,
-                caption_weight=10.0, caption_regions=25)
+                unfiltered_synonyms=False, kd_weight=10.0, kd_canvas=640, kd_max_crops=200,
+                kd_crop_size=0, images_per_device=0, caption_weight=10.0, caption_regions=25)
   c.data = dict(train="coco_panoptic_133", unseen="", train_max_images=0, root="",
                 train_mapper="lsj", crop_size=512, scale_range=(0.8, 1.2), cat_max_ratio=1.0,
                 min_size_train=(512,), min_size_train_sampling="choice", max_size_train=2048,

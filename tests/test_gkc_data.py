@@ -100,7 +100,7 @@ def test_loss_runs_on_a_loader_batch_with_filter_and_view(tmp_path):
   config.clip.weights = "random"
   config.model.update(num_queries=8, hidden_dim=32, enc_layers=1, enc_ffn_dim=32, dec_layers=1,
                       dec_ffn_dim=32, num_heads=2, deform_points=1)
-  config.loss.update(caption_weight=0.0, kd_canvas=64, kd_crops_per_image=4, kd_crop_size=32,
+  config.loss.update(caption_weight=0.0, kd_canvas=64, kd_max_crops=8, kd_crop_size=32,
                      num_points=64, synonym_filter=path)
   method = gkc.METHOD
   source = method.train_source(config)

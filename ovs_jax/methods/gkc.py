@@ -18,21 +18,22 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
 from ovs_jax.heads.mask_former import MaskFormerHead
 from ovs_jax.layers import linear, param
-from ovs_jax.losses.mask_losses import classification_loss
+from ovs_jax.losses import gkc_distillation as kd
+from ovs_jax.losses.gkc_synonyms import draw_synonyms, synonym_loss
+from ovs_jax.losses.per_device import images_per_device
 from ovs_jax.losses.set_criterion import (MaskLossConfig, mask_classification_loss, match_set,
-                                          matched_target_classes, set_rngs)
+                                          set_rngs)
 from ovs_jax.methods.base import Method
 from ovs_jax.methods.common import frozen_copy, mask_targets
 from ovs_jax.models.clip import CLIP, CLIPBase, l2_normalize
 from ovs_jax.models.resnet_clip import ResNetCLIP
 from ovs_jax.ops.resize import resize_nchw
-from ovs_jax.ops.segment_crops import segment_crop
-from ovs_jax.preprocess import CLIP_MEAN, CLIP_STD
 from ovs_jax.text_classifier import max_over_synonyms
 
 # GKC trains no text tower and never uses the student's CLIP head (ViT post-LN + projection,
@@ -195,118 +196,6 @@ def region_dropout(rng, match, valid, num_queries, rate):
   return matched & (jax.random.uniform(rng, (b, num_queries)) < rate)
 
 
-def draw_synonyms(rng, labels, synonym_index, allowed_bits=None):
-  """(B, T) row in the text table of a synonym of each target's class, uniform over the class's
-  synonyms (synonym_index (C, K), −1 = padding). allowed_bits (B, T) int32, GKC's per-segment
-  filter (`input_pipeline/segment_synonyms.py`): bit k set = synonym k may be drawn; a target
-  whose bits keep none of its class's synonyms draws among all of them."""
-  rows = synonym_index[labels]  # (B, T, K)
-  allowed = rows >= 0
-  if allowed_bits is not None:
-    k = jnp.arange(rows.shape[-1], dtype=jnp.int32)
-    kept = allowed & (((allowed_bits[..., None] >> k) & 1) == 1)
-    allowed = jnp.where(kept.any(-1, keepdims=True), kept, allowed)
-  pick = jnp.argmax(jnp.where(allowed, jax.random.uniform(rng, rows.shape), -1.0), -1)
-  return jnp.take_along_axis(rows, pick[..., None], -1)[..., 0]
-
-
-def synonym_classes(labels, valid, rows, synonym_index):
-  """The synonym loss's batch classifier and targets.
-
-  Every valid segment is named by its drawn synonym (`rows`, (B, T) rows of the text table).
-  Segments are taken in batch order: the first drawn synonym of a class replaces the class's
-  name in place (column c); any further distinct synonym of it becomes an extra class, one per
-  distinct synonym, in the column C + (its first segment's flat index).
-  Returns:
-    columns (C + B·T,) text rows of the classifier columns, active (C + B·T,) bool (extra columns
-    no segment uses are off), targets (B, T) column of each segment.
-  """
-  num_classes = synonym_index.shape[0]
-  b, t = labels.shape
-  m = b * t
-  l, v, r = labels.reshape(-1), valid.reshape(-1), rows.reshape(-1)
-  order = jnp.arange(m)
-  first = jnp.full((num_classes,), m).at[jnp.where(v, l, num_classes)].min(order, mode="drop")
-  in_place_row = jnp.where(first < m, r[jnp.minimum(first, m - 1)], synonym_index[:, 0])
-  in_place = v & (r == in_place_row[l])
-  extra = v & ~in_place
-  slot = jnp.argmax((r[:, None] == r[None, :]) & extra[None, :], axis=1)  # first user of the synonym
-  targets = jnp.where(in_place, l, num_classes + slot)
-  columns = jnp.concatenate([in_place_row, r])
-  active = jnp.concatenate([jnp.ones((num_classes,), bool), extra & (slot == order)])
-  return columns, active, targets.reshape(b, t)
-
-
-def pairwise_kd(v, c, t, valid, scale):
-  """Text-guided KD over crops (DESIGN §5): mean of {(s²·t_i·t_j − v_i·c_j)² for pairs i, j of one
-  image} ∪ {‖v_i − c_i‖²}.
-
-  v (B, P, E) unit student embeddings, c (B, P, E) unit teacher embeddings, t (B, P, E) unit text
-  embeddings of the segments' names, valid (B, P) bool; crop slots of image b along P.
-  """
-  pair = valid[:, :, None] & valid[:, None, :]
-  text = scale ** 2 * jnp.einsum("bie,bje->bij", t, t)
-  pair_terms = jnp.where(pair, (text - jnp.einsum("bie,bje->bij", v, c)) ** 2, 0.0)
-  self_terms = jnp.where(valid, jnp.sum((v - c) ** 2, -1), 0.0)
-  count = jnp.sum(pair) + jnp.sum(valid)
-  return (jnp.sum(pair_terms) + jnp.sum(self_terms)) / jnp.maximum(count, 1)
-
-
-def choose_crops(rng, valid, per_image):
-  """(B, P) target slots of up to `per_image` valid targets of each image, drawn at random, and
-  their validity. A fixed count per image (not per batch) keeps an image's crops on its device."""
-  p = min(per_image, valid.shape[1])
-  priority = jnp.where(valid, jax.random.uniform(rng, valid.shape), -1.0)
-  chosen, slots = jax.lax.top_k(priority, p)
-  return slots, chosen >= 0
-
-
-def teacher_crops(view, segments, values, size):
-  """The teacher's inputs from the un-augmented view (`input_pipeline/teacher_view.py`).
-
-  view (B, S, S, 3) uint8, segments (B, S, S) its segment map, values (B, P) each crop's value in
-  it (panoptic segment id or semantic class) -> ((B, P, size, size, 3) CLIP-normalised crops:
-  grey 128 outside the mask, box, bicubic; (B, P) bool: the segment is in the view).
-  """
-  mean, std = jnp.asarray(CLIP_MEAN), jnp.asarray(CLIP_STD)
-
-  def one_image(image, seg, vals):
-    masks = seg[None] == vals[:, None, None]
-    crops = jax.vmap(lambda m: segment_crop(image, m, size))(masks)
-    return crops, masks.any((1, 2))
-  crops, present = jax.vmap(one_image)(view.astype(jnp.float32), segments, values)
-  return (crops / 255.0 - mean) / std, present
-
-
-def synonym_loss(class_path, sets, matches, dropped, targets, rows, text, synonym_index,
-                 void_weight):
-  """GKC's text diversification: the class CE of every set with each segment named by its drawn
-  synonym (`rows` (B, T); classifier and targets of `synonym_classes`), the same matching and
-  region dropout as the class CE."""
-  columns, active, syn_targets = synonym_classes(targets["labels"], targets["valid"], rows,
-                                                 synonym_index)
-  q = sets[0]["embedding"].shape[1]
-  return sum(
-      classification_loss(class_path.logits(s["embedding"], text[columns], active),
-                          matched_target_classes(m, syn_targets, targets["valid"], q, columns.shape[0]),
-                          void_weight, d)
-      for s, m, d in zip(sets, matches, dropped))
-
-
-def text_guided_kd_loss(kd_proj: KDProjections, sets, matches, slots, crop_valid, teacher, names,
-                        scale):
-  """Σ over sets of `pairwise_kd` between the matched queries' distillation embeddings and the
-  teacher's crop embeddings. slots (B, P) target slot of each crop, crop_valid (B, P),
-  teacher (B, P, E) unit, names (B, P, E) unit text of each crop's class."""
-  total = 0.0
-  for s, m in zip(sets, matches):
-    query = jnp.take_along_axis(m, slots, 1)  # (B, P) matched query of each crop's target
-    shared = jnp.take_along_axis(s["shared"], jnp.maximum(query, 0)[..., None], 1)
-    v = kd_proj(shared, s["index"])
-    total = total + pairwise_kd(v, teacher, names, crop_valid & (query >= 0), scale)
-  return total
-
-
 def caption_grounding_loss(regions, region_valid, words, word_valid, scale):
   """OpenSeg-style grounding of caption nouns in matched queries, contrasted across the batch.
 
@@ -332,45 +221,56 @@ def caption_grounding_loss(regions, region_valid, words, word_valid, scale):
   return jnp.sum(loss) / jnp.maximum(jnp.sum(has), 1)
 
 
-def loss_fn(model: GKC, batch, rng, text, synonym_index, concept_text, c):
+def loss_fn(model: GKC, batch, rng, text, synonym_index, name_of_row, pad_text, concept_text, c):
   """Total loss and its terms (weights: config.loss; docs/gkc.md).
 
   text (S, E): unit embeddings of every training synonym (raw names); synonym_index (C, K) with
-  column 0 the cleaned class name."""
+  column 0 the cleaned class name; name_of_row (S,) the first row of each row's string; pad_text
+  (E,) the text encoder's embedding of an all-zero token row (the release's classifier padding)."""
   rng, model_rng, set_rng, drop_rng, syn_rng, crop_rng = jax.random.split(rng, 6)
   sets = model(batch["image"], model_rng)
   targets = mask_targets(batch)
   mask_cfg = MaskLossConfig.from_config(c)
   q = sets[0]["pred_masks"].shape[1]
+  group = images_per_device(batch["image"].shape[0], c.get("images_per_device", 0))
   class_text = text[synonym_index[:, 0]]
   cp = model.class_path
   for s in sets:
     s["pred_logits"] = cp.logits(s["embedding"], class_text)
   matches = [match_set(r, s["pred_logits"], s["pred_masks"], targets, mask_cfg)
              for r, s in zip(set_rngs(set_rng, len(sets)), sets)]
+  # The class CE and the synonym CE draw their region dropout apart (release loss_labels 884-893,
+  # loss_labels_process_each 849-858: one np.random.rand each).
+  class_drop_rng, syn_drop_rng = jax.random.split(drop_rng)
   dropped = [region_dropout(r, m, targets["valid"], q, c.region_dropout)
-             for r, m in zip(jax.random.split(drop_rng, len(sets)), matches)]
+             for r, m in zip(jax.random.split(class_drop_rng, len(sets)), matches)]
   total, terms = mask_classification_loss(set_rng, sets, targets, config=mask_cfg, matches=matches,
                                           class_ignore=dropped)
+  rows = None
   if c.synonym_weight:
     rows = draw_synonyms(syn_rng, targets["labels"], synonym_index, batch.get("mask_synonyms"))
-    terms["loss_synonym"] = synonym_loss(cp, sets, matches, dropped, targets, rows, text,
-                                         synonym_index, c.void_weight)
+    syn_dropped = [region_dropout(r, m, targets["valid"], q, c.region_dropout)
+                   for r, m in zip(jax.random.split(syn_drop_rng, len(sets)), matches)]
+    terms["loss_synonym"] = synonym_loss(cp, sets, matches, syn_dropped, targets["labels"],
+                                         targets["valid"], rows, text, name_of_row, synonym_index,
+                                         pad_text, group, c.void_weight)
     total = total + c.synonym_weight * terms["loss_synonym"]
   if c.kd_weight:
     if "teacher_image" not in batch:
       raise KeyError("GKC's distillation reads batch['teacher_image'] and ['teacher_segments'], "
                      "the un-augmented view GKC's loader adds (input_pipeline/teacher_view.py)")
-    slots, crop_valid = choose_crops(crop_rng, targets["valid"], c.kd_crops_per_image)
+    image, slot, ok = kd.choose_crops(crop_rng, targets["valid"], group,
+                                      c.get("kd_max_crops", kd.MAX_CROPS))
     values = batch["mask_ids"] if "mask_ids" in batch else batch["mask_classes"]
     size = c.kd_crop_size or model.clip.config.vision.image_size
-    crops, present = teacher_crops(batch["teacher_image"], batch["teacher_segments"],
-                                   jnp.take_along_axis(values, slots, 1), size)
-    teacher = model.teacher(crops.reshape(-1, *crops.shape[2:])).reshape(*slots.shape, -1)
-    names = class_text[jnp.take_along_axis(targets["labels"], slots, 1)]
-    terms["loss_kd"] = text_guided_kd_loss(model.kd_proj, sets, matches, slots,
-                                           crop_valid & present, teacher, names,
-                                           model.kd_scale[...])
+    crops, present = kd.teacher_crops(batch["teacher_image"], batch["teacher_segments"], image,
+                                      values[image, slot], size)
+    teacher = model.teacher(crops.reshape(-1, *crops.shape[2:])).reshape(*image.shape, -1)
+    # The text of a crop is its segment's drawn synonym (release kd_text_ebmd = syn_class_ebmd).
+    names = text[rows[image, slot]] if rows is not None else class_text[
+        targets["labels"][image, slot]]
+    terms["loss_kd"] = kd.text_guided_kd_loss(model.kd_proj, sets, matches, image, slot,
+                                              ok & present, teacher, names, model.kd_scale[...])
     total = total + c.kd_weight * terms["loss_kd"]
   if c.get("caption_weight", 0) and "caption_nouns" in batch:
     nouns = batch["caption_nouns"]
@@ -478,12 +378,14 @@ class GKCMethod(Method):
     bank = build_text_classifier(model.clip, [[n] for n in load_bank()], RAW_NAMES,
                                  cache_dir=cache_dir)
     return (jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index),
+            jnp.asarray(name_of_row(sets)), pad_text_embedding(model.clip),
             jnp.asarray(bank.embeddings))
 
   def context_spec(self, model, num_classes, synonyms):
     from input_pipeline.concepts import load_bank
     dim = model.clip.config.projection_dim
     return (((num_classes * synonyms, dim), "float32"), ((num_classes, synonyms), "int32"),
+            ((num_classes * synonyms,), "int32"), ((dim,), "float32"),
             ((len(load_bank()), dim), "float32"))
 
   def loss(self, model, batch, rng, context, config):
@@ -520,6 +422,23 @@ class GKCMethod(Method):
     return SegmentationModel(name or self.name, apply,
                              (seg_state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
                              [v[0] for v in vocabulary], input_multiple=32)
+
+
+def name_of_row(sets) -> np.ndarray:
+  """(S,) for each row of the text table of `sets` the first row holding the same string: the
+  release compares synonym names as strings (KD mapper 260, 268)."""
+  from ovs_jax.text_classifier import synonym_layout
+  flat, _ = synonym_layout(sets)
+  first: dict[str, int] = {}
+  return np.asarray([first.setdefault(n, i) for i, n in enumerate(flat)], np.int32)
+
+
+def pad_text_embedding(clip) -> jnp.ndarray:
+  """(E,) unit text embedding of an all-zero token row: what the release's padding columns hold
+  (maskformer_model_voca_dense_kd_syn.py 442–447 pads the token rows with zeros and encodes them;
+  CLIP pools the argmax token, here the first)."""
+  ids = jnp.zeros((1, clip.config.text.max_position_embeddings), jnp.int32)
+  return l2_normalize(clip.get_text_features(ids).astype(jnp.float32))[0]
 
 
 def training_synonyms(config, vocabulary):

@@ -47,12 +47,18 @@ def mask_box(mask):
                for v, d in ((y0, 0), (x0, 0), (y1, h), (x1, w)))
 
 
-def segment_crop(image, mask, size: int, fill: float = GREY):
+def segment_crop(image, mask, size: int, fill: float = GREY, exclusive_end: bool = False):
   """image (H, W, C) float (0–255 range), mask (H, W) bool -> (size, size, C) float32: pixels
   outside the mask set to `fill`, the mask's bounding box cut out and resized bicubically to
-  size × size (aspect not kept), as PIL on a float image."""
+  size × size (aspect not kept), as PIL on a float image.
+
+  exclusive_end: the box ends at the mask's last row and column, excluded, as GKC's
+  `img.crop([w_min, h_min, w_max, h_max])` (its KD mapper, line 323) with PIL's exclusive right
+  and lower edge; at least one pixel is kept (a one-pixel-wide segment crashes the release)."""
   h, w = mask.shape
   y0, x0, y1, x1 = mask_box(mask)
+  if exclusive_end:
+    y1, x1 = jnp.maximum(y1 - 1, y0 + 1), jnp.maximum(x1 - 1, x0 + 1)
   filled = jnp.where(mask[..., None], image.astype(jnp.float32), fill)
   wy = box_resize_weights(y0, y1, h, size)
   wx = box_resize_weights(x0, x1, w, size)
