@@ -77,9 +77,26 @@ def test_a_filter_needs_panoptic_segments(tmp_path):
     gkc.METHOD.train_source(config)
 
 
+def test_the_full_recipe_refuses_to_train_unfiltered_synonyms_unless_told(tmp_path):
+  """The recipe (no overrides) needs the per-segment filter file or the explicit opt-out; the
+  refusal prints the command that makes the file. The demos opt out explicitly."""
+  synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=1, hw=(40, 56))
+  config = _config(tmp_path)
+  with pytest.raises(ValueError, match=r"(?s)synonym_filter is empty.*python -m "
+                                       r"input_pipeline.synonyms filter --clip=.*--out="):
+    gkc.METHOD.train_source(config)
+  config.loss.unfiltered_synonyms = True
+  assert len(gkc.METHOD.train_source(config)) == 1
+  config.loss.update(unfiltered_synonyms=False, synonym_weight=0.0)  # no synonym loss: no need
+  assert len(gkc.METHOD.train_source(config)) == 1
+  for recipe in ("gkc_r50", "gkc_vitb"):
+    assert not recipe_config(f"configs/{recipe}.py").loss.unfiltered_synonyms
+    assert recipe_config(f"configs/{recipe}.py", "demo").loss.unfiltered_synonyms
+
+
 def test_without_a_filter_no_bits_and_no_view_without_distillation(tmp_path):
   synthetic.write_fake_split("coco_panoptic_133", str(tmp_path), "train", num=1, hw=(40, 56))
-  config = _config(tmp_path, kd_weight=0.0)
+  config = _config(tmp_path, kd_weight=0.0, unfiltered_synonyms=True)
   source = gkc.METHOD.train_source(config)
   out = _apply(gkc.METHOD.train_mapper(config, source).ops, source[0])
   assert not {"mask_synonyms", "teacher_image", "teacher_segments"} & set(out)

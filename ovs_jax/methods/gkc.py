@@ -319,6 +319,7 @@ class GKCMethod(Method):
     their captions' concept-bank ids (`input_pipeline/caption_nouns.py`) where the dataset has
     captions."""
     from absl import logging
+    check_synonym_filter(config.loss)
     source = super().train_source(config)
     if config.loss.synonym_weight and config.loss.get("synonym_filter"):
       from input_pipeline.datasets import dataset_meta
@@ -422,6 +423,21 @@ class GKCMethod(Method):
     return SegmentationModel(name or self.name, apply,
                              (seg_state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
                              [v[0] for v in vocabulary], input_multiple=32)
+
+
+def check_synonym_filter(c):
+  """The synonym CE draws among the synonyms CLIP kept for each segment (the release's
+  `syn_class_train2017.json`, made by its syn_CLIP_sim.py: ViT-B/32, "a photo of {syn}" on the
+  segment's box, KD mapper 259 keeps p > 0.1). Unfiltered WordNet lemmas at weight 10 teach
+  e.g. person = "soul", so training without the file must be asked for."""
+  if c.synonym_weight and not c.get("synonym_filter") and not c.get("unfiltered_synonyms", False):
+    raise ValueError(
+        "config.loss.synonym_filter is empty: GKC's synonym loss needs the per-segment CLIP "
+        "filter file. Make it once (CLIP ViT-B/32 weights, COCO panoptic under DATA/coco):\n"
+        "  python -m input_pipeline.synonyms filter --clip=PATH/TO/ViT-B-32 --data=DATA "
+        "--out=synonym_filter.json\n"
+        "then train with --config.loss.synonym_filter=synonym_filter.json, or say "
+        "--config.loss.unfiltered_synonyms=True to train on unfiltered synonym sets (docs/gkc.md)")
 
 
 def name_of_row(sets) -> np.ndarray:
