@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 from absl import app, flags
 
-from ovs_jax.cli import guard
+from ovs_jax.cli import run
 from ovs_jax.interchange import torch_state
 from ovs_jax.interchange.clip_weights import load_clip, save_hf_clip, save_openclip, save_orbax_clip
 from ovs_jax.models.clip_family import describe
@@ -118,4 +118,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(guard(main))
+  run(main)

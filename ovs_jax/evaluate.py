@@ -21,9 +21,9 @@ import jax
 from absl import app, flags, logging
 
 from ovs_jax import metrics
-from ovs_jax.cli import guard
+from ovs_jax.cli import run
 from ovs_jax.config_check import inference_flags, integer, validate_flags
-from ovs_jax.evaluation import ZERO_SHOT, evaluate, model_factories, results_table
+from ovs_jax.evaluation import ZERO_SHOT, check_request, evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.templates import get_templates
 
@@ -80,6 +80,7 @@ def main(argv):
                                           f"0 (one image per device) or a multiple of the {n} devices")),
       "--max_images": (FLAGS.max_images, integer(0, note="0: all")),
       "--workers": (FLAGS.workers, integer(0))})
+  check_request(datasets, FLAGS.split, FLAGS.vocab)
   if any(s.startswith("random:") for s in clips):
     logging.warning("RANDOM CLIP weights: the pipeline runs, the numbers are meaningless.")
   cfg = InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride,
@@ -103,4 +104,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(guard(main))
+  run(main)

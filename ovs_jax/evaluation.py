@@ -19,11 +19,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from input_pipeline.datasets import get_dataset
+from input_pipeline.datasets import dataset_meta, get_dataset
 from input_pipeline.files import DataError
 from input_pipeline.vocab import load_vocabulary
 from input_pipeline.zero_shot import unseen_for
 from ovs_jax import metrics
+from ovs_jax.cli import ConfigError
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.engine import evaluate_source
 from ovs_jax.inference.segmentation_model import (build_from_checkpoint, checkpoint_method,
@@ -96,6 +97,7 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
   Returns {model: {dataset: metrics}}.
   """
   metrics.check_miou_convention(miou_convention)
+  check_request([d for d in datasets if d not in (sources or {})], split, vocabulary)
   unseen = {d: unseen_for(d, protocol) if protocol else None for d in datasets}  # fails before any work
   workdir = Path(workdir)
   (workdir / "per_class").mkdir(parents=True, exist_ok=True)
@@ -133,6 +135,23 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
         "\n\n".join(results_table(results, datasets, k)
                       for k in SUMMARY + (ZERO_SHOT if protocol else ())) + "\n")
   return results
+
+
+def check_request(datasets: list[str], split: str, vocabulary: str | None = None) -> None:
+  """Raises ConfigError, before any model or data loads, for an unknown dataset or split, or a
+  `vocabulary` whose class count differs from a dataset's (its label ids index the classes)."""
+  metas = []
+  for d in datasets:
+    try:
+      metas.append(dataset_meta(d, split))
+    except KeyError as e:
+      raise ConfigError(f"--datasets: {e.args[0]}") from None
+  if vocabulary:
+    n = len(read_vocabulary(vocabulary))
+    wrong = [f"{m.name} has {m.num_classes}" for m in metas if m.num_classes != n]
+    if wrong:
+      raise ConfigError(f"--vocab {vocabulary!r} has {n} classes but {', '.join(wrong)}: a vocabulary "
+                        "replacing a dataset's must give one class per label id, in label order")
 
 
 def model_factories(clips: list[str], checkpoints: list[str], names: list[str], *, templates,

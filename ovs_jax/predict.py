@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from ovs_jax.cli import guard
+from ovs_jax.cli import run
 from ovs_jax.config_check import inference_flags, integer, validate_flags
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
@@ -129,4 +129,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(guard(main))
+  run(main)

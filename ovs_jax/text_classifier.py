@@ -20,9 +20,10 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from input_pipeline.vocab import VocabularyError
 from ovs_jax.models.clip import l2_normalize
 from ovs_jax.templates import VILD_TEMPLATES
-from ovs_jax.tokenizer import tokenize
+from ovs_jax.tokenizer import tokenize, truncated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +67,13 @@ def synonym_layout(vocabulary: list[list[str]]) -> tuple[list[str], np.ndarray]:
 
 
 def text_tower_fingerprint(model) -> str:
-  """Hash of what produces text embeddings: text-tower config (pooling depends on its eos id) and
-  the parameters of the text tower and text projection."""
+  """Hash of what produces text embeddings: text-tower config (pooling depends on its eos id), the
+  compute dtypes, and the parameters of the text tower and text projection."""
   h = hashlib.sha256(repr(model.config.text).encode())
   for part in (model.text_model, model.text_projection):
+    # compute dtypes change the embeddings too (bfloat16 vs float32: ~1% of the score range)
+    h.update(repr(sorted({(str(path), str(m.dtype)) for path, m in nnx.iter_graph(part)
+                          if isinstance(m, nnx.Module) and getattr(m, "dtype", None) is not None})).encode())
     for leaf in jax.tree.leaves(nnx.to_pure_dict(nnx.state(part, nnx.Param))):
       h.update(np.ascontiguousarray(jax.device_get(leaf)).tobytes())
   return h.hexdigest()[:20]
@@ -97,6 +101,27 @@ def encode_sentences(model, sentences: list[str], batch_size: int = 256) -> np.n
   return np.concatenate(out)
 
 
+def check_context(vocabulary, flat, index, sentences, num_templates, context_length) -> None:
+  """Names whose prompts exceed the text tower's context are cut (as CLIP does): a warning names
+  them; classes left with identical token ids (they would share one embedding, so one of them
+  could never be predicted) are a VocabularyError naming both."""
+  cut = np.asarray(truncated(sentences, context_length)).reshape(len(flat), num_templates)
+  if not cut.any():
+    return
+  classes = sorted({c for c, row in enumerate(index) for s in row if s >= 0 and cut[s].any()})
+  logging.warning("class names longer than the text tower's %d tokens are cut at the end: %s",
+                  context_length, "; ".join(f"{c} ({vocabulary[c][0][:40]!r}...)" for c in classes))
+  ids = tokenize(sentences, context_length).reshape(len(flat), num_templates, -1)
+  seen = {}
+  for c in classes:
+    key = b"".join(sorted(ids[s].tobytes() for s in index[c] if s >= 0))
+    if key in seen:
+      raise VocabularyError(
+          f"classes {seen[key]} ({vocabulary[seen[key]][0][:40]!r}...) and {c} ({vocabulary[c][0][:40]!r}...) "
+          f"are the same within the text tower's {context_length} tokens: shorten one of them")
+    seen[key] = c
+
+
 def build_text_classifier(model, vocabulary: list[list[str]], templates=VILD_TEMPLATES, *,
                           batch_size: int = 256, cache_dir: str | os.PathLike | None = None
                           ) -> TextClassifier:
@@ -111,6 +136,7 @@ def build_text_classifier(model, vocabulary: list[list[str]], templates=VILD_TEM
     if cache.exists() and (cached := _read_cache(cache, key, index)) is not None:
       return cached
   sentences = [t.format(name) for name in flat for t in templates]
+  check_context(vocabulary, flat, index, sentences, len(templates), model.config.text.max_position_embeddings)
   emb = encode_sentences(model, sentences, batch_size).reshape(len(flat), len(templates), -1)
   emb = np.asarray(l2_normalize(jnp.asarray(emb.mean(1))))
   clf = TextClassifier(emb, index)

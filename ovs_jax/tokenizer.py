@@ -67,3 +67,8 @@ def tokenize(texts: str | list[str], context_length: int = CONTEXT_LENGTH) -> np
   texts = [texts] if isinstance(texts, str) else list(texts)
   enc = clip_tokenizer(context_length).encode_batch(texts)
   return np.asarray([e.ids for e in enc], np.int32).reshape(len(texts), context_length)
+
+
+def truncated(texts: list[str], context_length: int = CONTEXT_LENGTH) -> list[bool]:
+  """Which texts `tokenize` cuts to fit `context_length` (their ends are lost)."""
+  return [bool(e.overflowing) for e in clip_tokenizer(context_length).encode_batch(list(texts))]

@@ -46,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(cli.guard(main))
+  cli.run(main)

@@ -7,6 +7,7 @@ import functools
 import importlib.resources
 import logging
 import re
+import unicodedata
 
 INVALID = "invalid_class_id"
 
@@ -88,6 +89,12 @@ def class_names(name: str) -> list[str]:
 _ID_PREFIX = re.compile(r"\s*(\d+)\s*:(.*)", re.S)
 
 
+def _token_key(name: str) -> str:
+  """`name` as CLIP's tokenizer normalises it (ovs_jax/tokenizer.py: NFC, runs of whitespace -> one
+  space, lowercase): two names with one key get one embedding."""
+  return " ".join(unicodedata.normalize("NFC", name).lower().split())
+
+
 def parse_vocabulary(text: str, where: str = "vocabulary") -> list[list[str]]:
   """Parses a user vocabulary (`--classes`, `--vocab` files and inline text); one grammar:
 
@@ -104,6 +111,7 @@ def parse_vocabulary(text: str, where: str = "vocabulary") -> list[list[str]]:
   "sofa, couch; lamp; cat" -> [["sofa", "couch"], ["lamp"], ["cat"]]. `where` names the source
   (e.g. the file) in messages.
   """
+  text = text.removeprefix("\ufeff")  # a UTF-8 byte-order mark (Windows editors) is not a name
   items = []
   for line in text.splitlines():
     if line.strip():
@@ -126,13 +134,13 @@ def parse_vocabulary(text: str, where: str = "vocabulary") -> list[list[str]]:
     items = [m.group(2) for m in prefixed]
   vocab, owner = [], {}
   for c, item in enumerate(items):
-    names = [n.strip() for n in item.split(",")]
+    names = [n.replace("\ufeff", "").strip() for n in item.split(",")]  # BOMs are invisible
     if not any(names):
       raise VocabularyError(f"{where}: class {c} is empty ({item!r} between ';'); remove the extra "
                        "separator or name the class")
     if not all(names):
       raise VocabularyError(f"{where}: class {c} ({item.strip()!r}) has an empty name; remove the extra ','")
-    keys = [" ".join(n.casefold().split()) for n in names]  # what CLIP's tokenizer tells apart
+    keys = [_token_key(n) for n in names]
     for n, key in zip(names, keys):
       if key in owner and owner[key] != c:
         raise VocabularyError(f"{where}: {n!r} names both class {owner[key]} ({vocab[owner[key]][0]!r}) and "
@@ -143,6 +151,18 @@ def parse_vocabulary(text: str, where: str = "vocabulary") -> list[list[str]]:
       log.warning("%s: class %d (%r) lists %s more than once", where, c, names[0], repeated)
     vocab.append(names)
   return vocab
+
+
+def read_vocabulary_file(path) -> list[list[str]]:
+  """A vocabulary file (UTF-8, with or without a byte-order mark; any line endings) parsed by
+  `parse_vocabulary`; another encoding is an error naming the file and the first bad byte."""
+  data = open(path, "rb").read()
+  try:
+    text = data.decode("utf-8-sig")
+  except UnicodeDecodeError as e:
+    raise VocabularyError(f"{path}: not UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r}); save it as "
+                          "UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`") from None
+  return parse_vocabulary(text, where=str(path))
 
 
 def get_vocabulary(spec: str) -> list[list[str]]:

@@ -81,10 +81,10 @@ def checkpoint_method(directory: Path, config: dict) -> str:
 def read_vocabulary(spec: str) -> list[list[str]]:
   """A shipped vocabulary name, else a text file, else inline classes ('sofa, couch; lamp'); files
   and inline text follow `input_pipeline.vocab.parse_vocabulary`'s grammar."""
-  from input_pipeline.vocab import get_vocabulary, parse_vocabulary, vocabulary_names
+  from input_pipeline.vocab import get_vocabulary, read_vocabulary_file, vocabulary_names
   if spec in vocabulary_names() or not Path(spec).is_file():
     return get_vocabulary(spec)
-  return parse_vocabulary(Path(spec).read_text(encoding="utf-8"), where=spec)
+  return read_vocabulary_file(spec)
 
 
 def open_checkpoint(path: str | Path, **options) -> Callable[[list[list[str]]], SegmentationModel]:

@@ -12,9 +12,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from ovs_jax.cli import ConfigError, guard
+from ovs_jax.cli import ConfigError, run
 from ovs_jax.config_check import inference_flags, integer, number, validate_flags
 from ovs_jax.templates import TEMPLATE_SETS, get_templates
 
@@ -89,4 +89,4 @@ def main(argv):
 
 if __name__ == "__main__":
   define_flags()
-  app.run(guard(main))
+  run(main)

@@ -1,0 +1,120 @@
+"""Round two of "nothing silently wrong" (issue 31): config keys and flags, evaluate requests,
+class-list files and names, and the text-classifier cache, each refused or handled in one line."""
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from input_pipeline.vocab import VocabularyError, parse_vocabulary, read_vocabulary_file
+from ovs_jax.models import clip_family
+from ovs_jax.text_classifier import build_text_classifier
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(module, *args, timeout=120):
+  r = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
+                     text=True, timeout=timeout)
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  return r.returncode, errors, r.stderr
+
+
+# (arguments, what the one line must say); each used to end in a traceback or the whole --help, exit 1
+TRAIN_FLAGS = [
+    (["--config=configs/cdt_vitb.py:demo", "--config.train.stepz=4"],
+     "--config.train.stepz: no such key in configs/cdt_vitb.py:demo (did you mean train.steps?)"),
+    (["--config=configs/simzss_dinov2_b14.py:demo", "--config.evals.vall.every=-1"],
+     "--config.evals.vall.every: no such key"),
+    (["--config=configs/cdt_vitb.py:demo", "--config.train.steps=abc"],
+     "--config.train.steps=abc: invalid literal for int()"),
+    (["--config=configs/cdt_vitb.py:demoo"], "unknown variant(s) ['demoo']"),
+    (["--config=configs/no_such_recipe.py"], "--config: cannot read the recipe file"),
+]
+
+
+@pytest.mark.parametrize("args,message", TRAIN_FLAGS, ids=[a[-1] for a, _ in TRAIN_FLAGS])
+def test_train_flag_errors_are_one_line_exit_2(tmp_path, args, message):
+  code, errors, stderr = _cli("ovs_jax.train", *args, f"--workdir={tmp_path / 'w'}")
+  assert code == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
+  assert "Traceback" not in stderr and not (tmp_path / "w").exists()
+
+
+EVALUATE = [
+    (["--datasets=ade20k_1500"], "--datasets: unknown dataset 'ade20k_1500'"),
+    (["--vocab=voc_20", "--datasets=ade20k_150"], "has 20 classes but ade20k_150 has 150"),
+    (["--datasets=demo", "--split=tset"], "unknown split 'tset' for demo"),
+]
+
+
+@pytest.mark.parametrize("args,message", EVALUATE, ids=[a[0] for a, _ in EVALUATE])
+def test_evaluate_request_checked_before_loading(tmp_path, args, message):
+  # a CLIP spec that cannot load: the request must be refused before any model is opened
+  code, errors, stderr = _cli("ovs_jax.evaluate", *args, f"--clip={tmp_path / 'no_clip'}",
+                              f"--workdir={tmp_path / 'e'}")
+  assert code == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
+
+
+def test_predict_usage_error_is_one_line(tmp_path):
+  code, errors, stderr = _cli("ovs_jax.predict", "--clip=random:tiny", "--images=x.png", "--classes=")
+  assert code == 2 and len(errors) == 1 and "give --clip" in errors[0], stderr[-2000:]
+  assert "--helpfull" not in stderr  # not the whole help
+
+
+@pytest.mark.parametrize("content", [b"\xef\xbb\xbfsky; sea\n", b"\xef\xbb\xbfsky;\r\nsea\r\n", b"sky\r\nsea\r\n"],
+                         ids=["bom", "bom+crlf", "crlf"])
+def test_vocabulary_file_bom_and_crlf(tmp_path, content):
+  path = tmp_path / "classes.txt"
+  path.write_bytes(content)
+  assert read_vocabulary_file(path) == [["sky"], ["sea"]]
+
+
+def test_bom_prefixed_duplicate_is_caught():
+  assert parse_vocabulary("\ufeffsky; sea") == [["sky"], ["sea"]]  # web-app input
+  with pytest.raises(VocabularyError, match="names both class 0"):
+    parse_vocabulary("sky; \ufeffsky")
+
+
+def test_vocabulary_duplicates_compared_as_the_tokenizer_does():
+  # NFC: 'é' composed and decomposed tokenise alike, so they are the same name
+  with pytest.raises(VocabularyError, match="names both class 0"):
+    parse_vocabulary("caf\u00e9; cafe\u0301")
+  # casefold would merge 'straße' and 'strasse'; the tokenizer keeps them apart
+  assert len(parse_vocabulary("straße; strasse")) == 2
+
+
+def test_latin1_vocabulary_file_is_one_clear_error(tmp_path):
+  path = tmp_path / "classes.txt"
+  path.write_bytes("café; thé\n".encode("latin-1"))
+  with pytest.raises(VocabularyError, match=r"classes.txt: not UTF-8 \(byte 3"):
+    read_vocabulary_file(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+  return clip_family.build_clip(clip_family.get_arch("tiny"), rngs=nnx.Rngs(0))
+
+
+def test_long_names_that_collide_are_refused(tiny_clip, caplog):
+  long = "a " + "very " * 80
+  ctx = tiny_clip.config.text.max_position_embeddings
+  with pytest.raises(VocabularyError, match=rf"classes 0 .* and 1 .* within the text tower's {ctx} tokens"):
+    build_text_classifier(tiny_clip, [[long + "red cat"], [long + "blue dog"], ["sky"]], ("{}",))
+  clf = build_text_classifier(tiny_clip, [[long + "red cat"], ["sky"]], ("{}",))  # cut, no collision
+  assert clf.num_classes == 2 and "are cut at the end: 0 (" in caplog.text
+
+
+def test_classifier_cache_keyed_by_compute_dtype(tmp_path, tiny_clip):
+  """A bfloat16 classifier must not be reused by a float32 run of the same weights."""
+  arch = clip_family.get_arch("tiny")
+  bf16 = clip_family.build_clip(arch, rngs=nnx.Rngs(0), dtype=jnp.bfloat16)
+  nnx.update(bf16, nnx.state(tiny_clip, nnx.Param))
+  vocab = [["cat"], ["dog"], ["sky"]]
+  build_text_classifier(bf16, vocab, ("a photo of a {}.",), cache_dir=tmp_path)
+  got = build_text_classifier(tiny_clip, vocab, ("a photo of a {}.",), cache_dir=tmp_path)
+  want = build_text_classifier(tiny_clip, vocab, ("a photo of a {}.",))
+  np.testing.assert_array_equal(got.embeddings, want.embeddings)
+  assert len(list(tmp_path.glob("text_classifier-*.npz"))) == 2
