@@ -43,7 +43,16 @@ IMAGENET_TEMPLATES = tuple(f"{t}." if not t.endswith(".") else t for t in (
     "a photo of a cool {}", "a photo of a small {}", "a tattoo of the {}",
 ))
 
-TEMPLATE_SETS = {"vild": VILD_TEMPLATES, "imagenet": IMAGENET_TEMPLATES, "plain": ("{}",)}
+# MaskCLIP's 85 (MaskCLIP tools/maskclip_utils/prompt_engineering.py:33-35): the 80 above, in the
+# same order, then five scene templates. Its classifier averages the unit-norm embeddings of all 85
+# (prompt_engineering.py:48-61), as `build_text_classifier` does.
+MASKCLIP_TEMPLATES = IMAGENET_TEMPLATES + (
+    "there is a {} in the scene.", "there is the {} in the scene.", "this is a {} in the scene.",
+    "this is the {} in the scene.", "this is one {} in the scene.",
+)
+
+TEMPLATE_SETS = {"vild": VILD_TEMPLATES, "imagenet": IMAGENET_TEMPLATES, "maskclip": MASKCLIP_TEMPLATES,
+                 "plain": ("{}",)}
 
 
 def get_templates(name: str) -> tuple[str, ...]:
