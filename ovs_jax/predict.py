@@ -32,8 +32,9 @@ from ovs_jax.cli import run
 from ovs_jax.config_check import inference_flags, integer, validate_flags
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
-from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, demo_inputs, list_images,
-                                         output_names, write_prediction)
+from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, check_outputs, demo_inputs,
+                                         list_images, output_names, readable_path,
+                                         write_prediction)
 from ovs_jax.methods.maskclip import clip_from_spec
 from ovs_jax.templates import get_templates
 
@@ -45,7 +46,8 @@ def define_flags():
   flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, random:<arch> or demo:<arch>")
   flags.DEFINE_string("checkpoint", None, "a trained checkpoint of a registered method instead of --clip")
   flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
-  flags.DEFINE_string("images", None, "image files and/or folders, comma-separated")
+  flags.DEFINE_multi_string("images", None, "image files and/or folders, comma-separated or repeated (a name "
+                            "holding a comma is found when the file exists)")
   flags.DEFINE_string("classes", None, "inline vocabulary: classes separated by ';', synonyms by ','")
   flags.DEFINE_string("vocab", None, "a registered dataset's vocabulary (e.g. ade20k_150) or a vocabulary "
                       "file, instead of --classes")
@@ -84,6 +86,8 @@ def main(argv):
     inputs = list_images(FLAGS.images)
     names = output_names(inputs)
     spec = FLAGS.clip
+  out = Path(FLAGS.out)
+  check_outputs(out, names, inputs, with_gt=bool(FLAGS.gt or gts))  # before any model loads
   templates = get_templates(FLAGS.templates)
   if FLAGS.checkpoint:
     model = build_from_checkpoint(FLAGS.checkpoint, vocabulary, templates=templates,
@@ -95,10 +99,9 @@ def main(argv):
     model = clip_from_spec(spec, FLAGS.hidden_act)
   segment = Segmenter(model, vocabulary, templates, FLAGS.short_side, mode=FLAGS.mode,
                       window=FLAGS.window, stride=FLAGS.stride, max_size=FLAGS.max_size)
-  out = Path(FLAGS.out)
   done, skipped = [], []
   for name, item in tqdm(list(zip(names, inputs)), desc="segmenting", unit="img"):
-    where = str(item) if isinstance(item, Path) else name
+    where = readable_path(str(item) if isinstance(item, Path) else name)
     try:
       image, orientation = files.decode_image(str(item)) if isinstance(item, Path) else (item, 1)
       gt = gts.get(name)
@@ -116,7 +119,7 @@ def main(argv):
     paths = write_prediction(out, name, image, label, segment.names, gt)
     present = ", ".join(segment.names[c] for c in np.unique(label))
     tqdm.write(f"{name}: {present}  -> {paths[0]}")
-    done.append({"input": where, "outputs": [str(p) for p in paths]})
+    done.append({"input": where, "outputs": [readable_path(str(p)) for p in paths]})
   out.mkdir(parents=True, exist_ok=True)
   (out / "summary.json").write_text(json.dumps({"predicted": done, "skipped": skipped}, indent=1))
   print(f"wrote {len(done)} predictions to {out}/ (list: {out / 'summary.json'})", file=sys.stderr)

@@ -1,5 +1,6 @@
 """Round two of "nothing silently wrong" (issue 31): config keys and flags, evaluate requests,
 class-list files and names, and the text-classifier cache, each refused or handled in one line."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cli(module, *args, timeout=120):
   r = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True,
-                     text=True, timeout=timeout)
+                     text=True, errors="replace", timeout=timeout)
   errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
   return r.returncode, errors, r.stderr
 
@@ -118,3 +119,75 @@ def test_classifier_cache_keyed_by_compute_dtype(tmp_path, tiny_clip):
   want = build_text_classifier(tiny_clip, vocab, ("a photo of a {}.",))
   np.testing.assert_array_equal(got.embeddings, want.embeddings)
   assert len(list(tmp_path.glob("text_classifier-*.npz"))) == 2
+
+
+# ---- predict: never writes over an input or a file it did not write; names with commas; folders
+
+def _png(path, size=(24, 20)):
+  from PIL import Image
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (*size, 3), np.uint8)).save(path)
+  return path
+
+
+def test_predict_never_overwrites_an_input(tmp_path):
+  a, victim = _png(tmp_path / "a.png"), _png(tmp_path / "a_label.png", (30, 30))
+  before = victim.read_bytes()
+  code, errors, stderr = _cli("ovs_jax.predict", "--clip=random:tiny", f"--images={a},{victim}",
+                              "--classes=sky; sea", f"--out={tmp_path}")
+  assert code == 2 and len(errors) == 1 and f"would overwrite the input {victim}" in errors[0], stderr[-2000:]
+  assert victim.read_bytes() == before
+
+
+def test_outputs_may_replace_only_what_an_earlier_predict_wrote(tmp_path):
+  from ovs_jax.cli import ConfigError
+  from ovs_jax.inference.segmenter import check_outputs, output_paths
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "x_overlay.png").write_bytes(b"someone's file")
+  with pytest.raises(ConfigError, match=r"1 file\(s\) not written by an earlier predict .*x_overlay.png"):
+    check_outputs(out, ["x"], [], with_gt=False)
+  (out / "summary.json").write_text(json.dumps({"predicted": [
+      {"input": "x.png", "outputs": [str(p) for p in output_paths(out, "x", False)]}]}))
+  check_outputs(out, ["x"], [], with_gt=False)  # a re-run replaces its own outputs
+
+
+@pytest.mark.parametrize("given,want", [
+    ("{d}/b,c.jpg", ["b,c.jpg"]),
+    ("{d}/a.png,{d}/b,c.jpg", ["a.png", "b,c.jpg"]),
+    ("{d}/b,c.jpg,{d}/a.png", ["b,c.jpg", "a.png"]),
+])
+def test_images_may_hold_commas(tmp_path, given, want):
+  from ovs_jax.inference.segmenter import list_images
+  _png(tmp_path / "a.png"), _png(tmp_path / "b,c.jpg")
+  assert [p.name for p in list_images(given.format(d=tmp_path))] == want
+
+
+def test_missing_image_names_what_was_typed(tmp_path):
+  from ovs_jax.inference.segmenter import list_images
+  _png(tmp_path / "a.png")
+  with pytest.raises(FileNotFoundError, match=r"^b: no such image file or folder \(in --images="):
+    list_images(f"{tmp_path}/a.png,b")
+
+
+def test_folder_names_the_sub_folders_it_does_not_search(tmp_path, caplog):
+  from ovs_jax.inference.segmenter import list_images
+  _png(tmp_path / "a.png")
+  (tmp_path / "more").mkdir()
+  _png(tmp_path / "more" / "b.png")
+  assert [p.name for p in list_images(str(tmp_path))] == ["a.png"]
+  assert "1 sub-folder(s) not searched (more)" in caplog.text
+
+
+def test_summary_is_strict_utf8_json_for_non_utf8_names(tmp_path):
+  import os
+  d = os.fsencode(tmp_path)
+  name = d + b"/caf\xe9.png"  # a latin-1 file name on a UTF-8 system
+  _png(os.fsdecode(name))
+  code, errors, stderr = _cli("ovs_jax.predict", "--clip=random:tiny", f"--images={tmp_path}",
+                              "--classes=sky; sea", f"--out={tmp_path / 'out'}")
+  assert code == 0, stderr[-2000:]
+  raw = (tmp_path / "out" / "summary.json").read_bytes()
+  summary = json.loads(raw.decode("utf-8"))  # strict: no lone surrogates
+  (entry,) = summary["predicted"]
+  assert entry["input"].endswith("caf\\xe9.png")
+  entry["input"].encode("utf-8")

@@ -2,11 +2,13 @@
 vocabulary, and the prediction pictures (used by `predict`, the trainer's evaluators and tests)."""
 from __future__ import annotations
 
+import json
 import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from absl import logging
 
 from ovs_jax import visualize
 from ovs_jax.cli import ConfigError
@@ -20,25 +22,46 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "ovs_jax"))
 
 
-def list_images(spec: str) -> list[Path]:
-  """Comma-separated files and/or folders -> image files, sorted (a file named twice counts once);
-  clear errors when none."""
+def list_images(specs: str | list[str]) -> list[Path]:
+  """Files and/or folders -> image files, sorted (a file named twice counts once); clear errors
+  when none. Each spec is one path, or several joined by commas; a name that itself holds a comma
+  ('b,c.jpg') is found as long as the file exists. Folders are not searched recursively: their
+  sub-folders are named in a warning."""
   files = []
-  for part in filter(None, (p.strip() for p in spec.split(","))):
-    p = Path(part)
-    if p.is_dir():
-      found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-      if not found:
-        raise ConfigError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-      files += found
-    elif p.exists():
-      files.append(p)
-    else:
-      raise FileNotFoundError(f"{p}: no such image file or folder")
+  for spec in [specs] if isinstance(specs, str) else specs:
+    for p in _split_paths(spec):
+      if p.is_dir():
+        found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        subdirs = sorted(f.name for f in p.iterdir() if f.is_dir())
+        if subdirs:
+          logging.warning("%s: %d sub-folder(s) not searched (%s); name them in --images to include them",
+                          p, len(subdirs), ", ".join(subdirs[:5]) + (", ..." if len(subdirs) > 5 else ""))
+        if not found:
+          raise ConfigError(f"{p}: folder has no images ({', '.join(IMAGE_SUFFIXES)})")
+        files += found
+      else:
+        files.append(p)
   if not files:
     raise ConfigError("no images given")
   seen = set()
   return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def _split_paths(spec: str) -> list[Path]:
+  """'a.png,b,c.jpg' -> [a.png, 'b,c.jpg'] when the file 'b,c.jpg' exists: at each position the
+  shortest run of comma-separated parts that names an existing path."""
+  parts, out, i = spec.split(","), [], 0
+  while i < len(parts):
+    if not parts[i].strip():
+      i += 1
+      continue
+    j = next((j for j in range(i, len(parts)) if Path(",".join(parts[i:j + 1]).strip()).exists()), None)
+    if j is None:
+      where = f" (in --images={spec!r}: commas separate paths)" if len(parts) > 1 else ""
+      raise FileNotFoundError(f"{parts[i].strip()}: no such image file or folder{where}")
+    out.append(Path(",".join(parts[i:j + 1]).strip()))
+    i = j + 1
+  return out
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -87,14 +110,47 @@ class Segmenter:
     return np.asarray(label[0, :h, :w])
 
 
+def output_paths(out_dir: Path, stem: str, with_gt: bool) -> list[Path]:
+  """The files `write_prediction` writes for one image."""
+  return [out_dir / f"{stem}_{kind}.png" for kind in ("overlay", "label") + (("compare",) if with_gt else ())]
+
+
+def check_outputs(out_dir: Path, stems: list[str], inputs: list, with_gt: bool) -> None:
+  """ConfigError, before anything is written, when an output would replace an input (or a ground-
+  truth file) or any existing file that an earlier `predict` into `out_dir` did not write (its
+  summary.json lists what it wrote)."""
+  planned = {p.resolve(): p for stem in stems for p in output_paths(out_dir, stem, with_gt)}
+  for item in inputs:
+    if isinstance(item, Path) and item.resolve() in planned:
+      raise ConfigError(f"output {planned[item.resolve()]} would overwrite the input {item}; choose "
+                        "another --out")
+  ours = set()
+  try:
+    summary = json.loads((out_dir / "summary.json").read_text())
+    ours = {Path(o).resolve() for r in summary.get("predicted", []) for o in r.get("outputs", [])}
+  except (OSError, ValueError, AttributeError, TypeError):
+    pass  # no (readable) summary: no file there is ours
+  foreign = sorted(str(p) for p in planned.values()
+                   if p.exists() and Path(readable_path(str(p))).resolve() not in ours)
+  if foreign:
+    raise ConfigError(f"--out {out_dir}: {len(foreign)} file(s) not written by an earlier predict would "
+                      f"be overwritten ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
+                      "choose another --out or move them")
+
+
+def readable_path(path: str) -> str:
+  """A path as valid UTF-8 text (for summary.json): bytes that are not UTF-8, which Python holds as
+  lone surrogates and strict JSON readers reject, become \\xNN escapes."""
+  return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def write_prediction(out_dir: Path, stem: str, image, label, names, gt=None) -> list[Path]:
   out_dir.mkdir(parents=True, exist_ok=True)
   overlay = visualize.overlay_with_legend(image, label, names)
-  paths = [out_dir / f"{stem}_overlay.png", out_dir / f"{stem}_label.png"]
+  paths = output_paths(out_dir, stem, gt is not None)
   overlay.save(paths[0])
   visualize.save_label_png(label, paths[1])
   if gt is not None:
-    paths.append(out_dir / f"{stem}_compare.png")
     visualize.side_by_side([overlay, visualize.overlay_with_legend(image, gt, names)],
                            ["prediction", "ground truth"]).save(paths[-1])
   return paths
