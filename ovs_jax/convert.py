@@ -16,6 +16,8 @@
   python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=runs/maftp_b
   # ... and a ConvNeXt MAFT+ workdir -> the official layout (loads with strict=True)
   python -m ovs_jax.convert to-official --checkpoint=runs/maftp_b --out=maftp_b_finetuned.pth
+  # an ImageNet ResNet (mmseg open-mmlab://resnet101_v1c or torchvision) for MaskCLIP+'s students
+  python -m ovs_jax.convert resnet --src=resnet101_v1c-e67eebb6.pth --out=r101_v1c/
 
 The weights pass through our model, so every conversion also checks keys and shapes; the output is
 written atomically and verified by loading it back.
@@ -49,13 +51,14 @@ flags.DEFINE_bool("text_classifier", True, "to-torch: also write the training vo
 flags.DEFINE_string("workdir", None, "from-torch/from-official: the new workdir (or --out)")
 flags.DEFINE_string("recipe", None, "from-official: recipe file name in configs/ (default: by CLIP width)")
 
-COMMANDS = ("clip", "to-torch", "from-torch", "from-official", "to-official")
+COMMANDS = ("clip", "to-torch", "from-torch", "from-official", "to-official", "resnet")
 USAGE = """usage:
   python -m ovs_jax.convert clip --src=... --out=... [--to=hf|ours|openclip] [--arch=NAME|CONFIG]
   python -m ovs_jax.convert to-torch --checkpoint=WORKDIR[/STEP] --out=DIR [--dtype=float32|bfloat16]
   python -m ovs_jax.convert from-torch --src=DIR --workdir=NEW_WORKDIR
   python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=NEW_WORKDIR [--recipe=FILE]
-  python -m ovs_jax.convert to-official --checkpoint=WORKDIR[/STEP] --out=maftp_ours.pth"""
+  python -m ovs_jax.convert to-official --checkpoint=WORKDIR[/STEP] --out=maftp_ours.pth
+  python -m ovs_jax.convert resnet --src=resnet101_v1c.pth --out=DIR"""
 
 
 def convert_clip(src: str, out: str, to: str = "hf", hidden_act: str | None = None,
@@ -114,6 +117,10 @@ def main(argv):
     return
   if not FLAGS.src or not FLAGS.out:
     raise app.UsageError("--src and --out are required")
+  if command == "resnet":
+    from ovs_jax.interchange.dilated_resnet import convert_resnet
+    convert_resnet(FLAGS.src, FLAGS.out)
+    return
   convert_clip(FLAGS.src, FLAGS.out, FLAGS.to, FLAGS.hidden_act, FLAGS.dtype, FLAGS.arch)
 
 
