@@ -14,6 +14,16 @@ import ml_collections
 from ovs_jax.config_utils import parse_variants
 from ovs_jax.methods.simzss import FROZEN
 
+# RELEASE (tileb1/simzss @2142ac5, args_coco.json): `batch_size` 512 is per GPU, on the paper's
+# 8 GPUs; the contrastive batch (and its negatives) is their product. On fewer devices keep
+# GLOBAL_BATCH (more per device: memory) or set both (a smaller batch is another recipe).
+PER_DEVICE_BATCH, DEVICES = 512, 8
+GLOBAL_BATCH = PER_DEVICE_BATCH * DEVICES                  # 4096
+# RELEASE: an "epoch" is `train_num_samples` 400k image–caption pairs, 10 epochs; its loader rounds
+# each epoch up to whole global batches (src/training/data.py L512-517: ceil(400000 / 4096) = 98).
+TRAIN_NUM_SAMPLES, EPOCHS = 400_000, 10
+STEPS = EPOCHS * -(-TRAIN_NUM_SAMPLES // GLOBAL_BATCH)     # 980 steps = 4.01 M samples
+
 # (evaluator name, dataset) of the benchmarks we ship; short side 448 as the paper's window.
 BENCHMARKS = (("voc20", "voc_20"), ("voc21", "voc_21"), ("pc59", "pc_59"), ("pc459", "pc_459"),
               ("ade150", "ade20k_150"), ("ade847", "ade20k_847"), ("stuff171", "coco_stuff_171"),
@@ -31,7 +41,7 @@ def get_config(arg: str = ""):
   c.model = dict(
       attention="auto",        # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py)
       text_width=512, text_layers=12, text_heads=8,  # DESIGN: CLIP-shaped text tower
-      text_init="random",           # DESIGN: from scratch; "clip": config.clip's text tower
+      text_init="random",           # RELEASE: from scratch, OpenCLIP's init; "clip": config.clip's tower
       init_temperature=0.07,        # DESIGN: logit scale 1/0.07, clamped ≤ 100
       background_threshold=0.2,     # OURS: cosine below which a pixel is "background" (voc_21)
       class_embedding="eot",        # OURS: class names as captions (EOT); "concept": as L_l's c_l
@@ -39,17 +49,18 @@ def get_config(arg: str = ""):
   c.loss = dict(local_weight=0.05,           # DESIGN: λ
                 attention_temperature=0.1,   # DESIGN: patch attention
                 concept_temperature=0.07,    # DESIGN: 1/0.07 on prototype·visual-concept
-                local_target="self")         # DESIGN: official self-labelling; "label": the paper's
+                local_target="self",         # DESIGN: official self-labelling; "label": the paper's
+                # RELEASE: prototypes per GPU (its per-device batch); 0 = one global group
+                prototype_group=PER_DEVICE_BATCH)
   c.data = dict(captions="coco", root="", crop_size=224, scale_range=(0.9, 1.0),  # DESIGN
                 concept_bank="", train_max_images=0, worker_count=4, skip_bad=False)
   c.evals = {name: dict(type="miou", dataset=ds, split="val", every=0, max_images=0, short_side=448,
                         max_size=2048, batch_size=0, miou_convention="maft_plus")
              for name, ds in BENCHMARKS}
   # DESIGN: AdamW 3e-5, β (0.9, 0.98), eps 1e-6, wd 0.2 off gains/biases/scale; cosine, 10% warmup.
-  epochs, images, batch = 10, 118287, 1024   # COCO train2017; OURS: batch 1024 (8 devices × 128)
-  steps = epochs * images // batch
+  steps, batch = STEPS, GLOBAL_BATCH
   c.optim = dict(lr=3e-5, weight_decay=0.2, lr_multipliers=[], schedule="cosine",
-                 warmup_steps=steps // 10, poly_power=0.9, decay_steps=(), decay_factor=0.1,
+                 warmup_steps=int(0.1 * steps),  # RELEASE: --warmup 0.1 of the steps (main.py L389) poly_power=0.9, decay_steps=(), decay_factor=0.1,
                  clip_norm=0.0, b1=0.9, b2=0.98, eps=1e-6, no_decay=r"$^", no_decay_1d=True)
   c.frozen = list(FROZEN)
   c.train = dict(batch_size=batch, steps=steps, grad_accum=1, log_every=50, ckpt_every=500,

@@ -148,3 +148,27 @@ def test_export_to_pytorch_and_back(run, tmp_path):
   assert step == 4
   for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(back["params"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_text_tower_starts_as_openclip_initialises_it(scan):
+  """The release's text tower is OpenCLIP's TextTransformer with its init_parameters
+  (src/open_clip/transformer.py L553-567): each weight's spread is the formula's, re-derived here."""
+  c = tiny_config()
+  c.model.update(text_width=64, text_layers=2, text_heads=2, scan=scan)
+  model = get_method("simzss").build_model(c)
+  w, n = 64, 2
+  std = lambda p: float(np.asarray(p[...]).std())
+  close = lambda got, want: abs(got - want) < 0.1 * want
+  emb = model.text_model.embeddings
+  assert close(std(emb.token_embedding.embedding), 0.02) and close(std(emb.position_embedding.embedding), 0.01)
+  layers = model.text_model.encoder.layers
+  layer = layers if scan else layers[1]
+  a, m = layer.self_attn, layer.mlp
+  for p, want in ((a.q_proj.kernel, w ** -0.5), (a.v_proj.kernel, w ** -0.5),
+                  (a.out_proj.kernel, w ** -0.5 * (2 * n) ** -0.5), (m.fc1.kernel, (2 * w) ** -0.5),
+                  (m.fc2.kernel, w ** -0.5 * (2 * n) ** -0.5), (model.text_projection.kernel, w ** -0.5)):
+    assert close(std(p), want), (p, std(p), want)
+  assert float(jnp.abs(a.q_proj.bias[...]).max()) == 0.0
+  bias = np.asarray(m.fc1.bias[...])  # torch Linear's default: U(±1/sqrt(fan_in))
+  assert bias.max() <= w ** -0.5 and close(float(bias.std()), w ** -0.5 / np.sqrt(3))

@@ -1,4 +1,4 @@
-"""SimZSS's losses against numpy re-derivations written here from DESIGN §6, and the global batch:
+"""SimZSS's losses against numpy re-derivations written here from the release's code, and the global batch:
 the same loss (and gradient) with the batch sharded over 8 simulated devices as on one device."""
 import jax
 import jax.numpy as jnp
@@ -28,26 +28,38 @@ def numpy_infonce(image, text, scale):
   return 0.5 * (np.mean(per_image) + np.mean(per_text))
 
 
-def numpy_local(tokens, patches, ids, starts, ends, att_t=0.1, t=0.07, target="self"):
-  """DESIGN §6, concept by concept, in float64."""
+def numpy_local(tokens, patches, ids, starts, ends, att_t=0.1, t=0.07, target="self", groups=1,
+                n_classes=6):
+  """The release's L_l re-derived in float64 (tileb1/simzss @2142ac5): SimZSS.forward
+  (src/open_clip/model.py L629-697: per-GPU scatter-sum of the concepts' summed unit tokens into
+  n_classes + 1 rows (label -1 -> the extra row), normalise, gather per concept, ShallowDecoder
+  L766-770 softmax over patches at 0.1) and ZSLoss.forward (src/open_clip/loss.py L476-515: drop the
+  extra row, logits × 1/0.07, classes absent from the gathered batch -inf, target = argmax of the
+  detached logits, CE mean over the GPU's concepts); DDP averages the per-GPU losses."""
   tokens, patches = tokens.astype(np.float64), patches.astype(np.float64)
-  concepts = {}  # (b, j) -> (bank id, c_l)
-  for b in range(ids.shape[0]):
-    for j in range(ids.shape[1]):
-      if ids[b, j] >= 0:
-        concepts[b, j] = (ids[b, j], _unit(tokens[b, starts[b, j]:ends[b, j]]).sum(0))
-  if not concepts:
-    return 0.0
-  classes = sorted({k for k, _ in concepts.values()})
-  proto = {k: _unit(sum(c for kk, c in concepts.values() if kk == k)) for k in classes}
+  present = np.zeros(n_classes, bool)
+  present[ids[ids >= 0]] = True
   losses = []
-  for (b, _), (k, _) in concepts.items():
-    z = _unit(patches[b])
-    att = np.exp(_log_softmax(z @ proto[k] / att_t))
-    v = _unit(att @ z)
-    logits = np.array([proto[kk] @ v / t for kk in classes])
-    want = classes.index(k) if target == "label" else int(np.argmax(logits))
-    losses.append(-_log_softmax(logits)[want])
+  for rows in np.array_split(np.arange(ids.shape[0]), groups):
+    concepts = [(b, ids[b, j], _unit(tokens[b, starts[b, j]:ends[b, j]]).sum(0))
+                for b in rows for j in range(ids.shape[1]) if ids[b, j] >= 0]
+    if not concepts:
+      losses.append(0.0)
+      continue
+    weights = np.zeros((n_classes + 1, tokens.shape[-1]))
+    for _, k, c in concepts:
+      weights[k] += c
+    norm = np.linalg.norm(weights, axis=-1, keepdims=True)
+    weights = weights / np.maximum(norm, 1e-12)
+    ce = []
+    for b, k, _ in concepts:
+      z = _unit(patches[b])
+      att = np.exp(_log_softmax(z @ weights[k] / att_t))
+      v = _unit(att @ z)
+      logits = np.where(present, weights[:-1] @ v / t, -np.inf)
+      want = k if target == "label" else int(np.argmax(logits))
+      ce.append(-_log_softmax(logits)[want])
+    losses.append(np.mean(ce))
   return np.mean(losses)
 
 
@@ -80,6 +92,21 @@ def test_local_loss_equals_numpy(target):
   tokens, patches, ids, starts, ends = _concept_batch(rng)
   got = local_concept_loss(*map(jnp.asarray, (tokens, patches, ids, starts, ends)), 6, target=target)
   np.testing.assert_allclose(got, numpy_local(tokens, patches, ids, starts, ends, target=target), rtol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["self", "label"])
+def test_per_device_prototypes_equal_the_release(target):
+  """Prototypes per group of 2 samples (the release's per-GPU form, 4 GPUs), "present" over the
+  whole batch, the mean of the per-group losses; and it differs from one global group."""
+  rng = np.random.default_rng(4)
+  tokens, patches, ids, starts, ends = _concept_batch(rng)
+  args = tuple(map(jnp.asarray, (tokens, patches, ids, starts, ends)))
+  got = local_concept_loss(*args, 6, target=target, group_size=2)
+  want = numpy_local(tokens, patches, ids, starts, ends, target=target, groups=4)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  assert abs(float(got) - numpy_local(tokens, patches, ids, starts, ends, target=target)) > 1e-3
+  with pytest.raises(ValueError, match="not a multiple"):
+    local_concept_loss(*args, 6, group_size=3)
 
 
 def test_local_loss_without_concepts_is_zero_with_a_finite_gradient():

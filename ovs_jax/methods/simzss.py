@@ -79,6 +79,38 @@ class SimZSS(nnx.Module):
     return self.text_projection(self.text_model(ids)[1])
 
 
+def openclip_text_init(text_model: TextTransformer, projection, seed: int) -> None:
+  """Re-draw a text tower's weights as OpenCLIP's `TextTransformer.init_parameters` (the release's
+  src/open_clip/transformer.py L553-567): token table N(0, 0.02), positions N(0, 0.01), q/k/v
+  N(0, w^-½), attention out and MLP out N(0, w^-½·(2·layers)^-½), MLP in N(0, (2w)^-½), the
+  projection N(0, w^-½); the MLP biases keep torch's Linear default U(±fan_in^-½), the attention
+  biases 0 (nn.MultiheadAttention), the LayerNorms 1 / 0. Scanned or unrolled layers alike."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  emb = text_model.embeddings
+  width = emb.token_embedding.embedding.shape[-1]
+  layers = text_model.encoder.layers
+  n = len(layers) if isinstance(layers, nnx.List) else layers.self_attn.q_proj.kernel.shape[0]
+  attn_std, proj_std, fc_std = width ** -0.5, width ** -0.5 * (2 * n) ** -0.5, (2 * width) ** -0.5
+
+  def draw(param, std=None, bound=None):
+    shape, dtype = param[...].shape, param[...].dtype
+    x = rng.normal(0.0, std, shape) if std is not None else rng.uniform(-bound, bound, shape)
+    param[...] = jnp.asarray(x, dtype)
+  draw(emb.token_embedding.embedding, 0.02)
+  draw(emb.position_embedding.embedding, 0.01)
+  for layer in (list(layers) if isinstance(layers, nnx.List) else [layers]):
+    a, m = layer.self_attn, layer.mlp
+    for p, std in ((a.q_proj, attn_std), (a.k_proj, attn_std), (a.v_proj, attn_std), (a.out_proj, proj_std),
+                   (m.fc1, fc_std), (m.fc2, proj_std)):
+      draw(p.kernel, std)
+    for p in (a.q_proj, a.k_proj, a.v_proj, a.out_proj):
+      p.bias[...] = jnp.zeros_like(p.bias[...])
+    draw(m.fc1.bias, bound=m.fc1.kernel.shape[-2] ** -0.5)
+    draw(m.fc2.bias, bound=m.fc2.kernel.shape[-2] ** -0.5)
+  draw(projection.kernel, width ** -0.5)
+
+
 def simzss_loss(model: SimZSS, batch, num_concepts: int, loss_config):
   """batch: image (B, H, W, 3), text_ids (B, L), concept_ids/starts/ends (B, C) -> (L, terms)."""
   cls, patches = model.image_features(batch["image"])
@@ -89,7 +121,8 @@ def simzss_loss(model: SimZSS, batch, num_concepts: int, loss_config):
   local_loss = local_concept_loss(
       tokens, patches.reshape(b, h * w, d), batch["concept_ids"], batch["concept_starts"],
       batch["concept_ends"], num_concepts, attention_temperature=loss_config.attention_temperature,
-      temperature=loss_config.concept_temperature, target=loss_config.local_target)
+      temperature=loss_config.concept_temperature, target=loss_config.local_target,
+      group_size=loss_config.get("prototype_group", 0))
   total = global_loss + loss_config.local_weight * local_loss
   concepts = (batch["concept_ids"] >= 0).sum() / b
   return total, {"loss_global": global_loss, "loss_local": local_loss, "logit_scale": scale,
@@ -204,7 +237,7 @@ def build_simzss(config, architecture=None) -> SimZSS:
   if architecture is not None:
     text_config = TowerConfig(**architecture["text"])
     text = TextTransformer(text_config, rngs=rngs, **kw)
-  elif m.text_init == "random":
+  elif m.text_init == "random":  # the release's: OpenCLIP's init of a fresh tower (below)
     text_config = text_tower_config(m)
     text = TextTransformer(text_config, rngs=rngs, **kw)
   elif m.text_init == "clip":  # the text tower of config.clip's CLIP: its own shape, not model.text_*
@@ -214,8 +247,11 @@ def build_simzss(config, architecture=None) -> SimZSS:
   else:
     raise ValueError(f"config.model.text_init={m.text_init!r}: expected 'random' (SimZSS) or 'clip' "
                      "(the text tower of the CLIP that config.clip names)")
-  return SimZSS(vision, text, text_config, width, dtype=kw["dtype"],
-                logit_scale_init=math.log(1 / m.init_temperature), rngs=rngs)
+  model = SimZSS(vision, text, text_config, width, dtype=kw["dtype"],
+                 logit_scale_init=math.log(1 / m.init_temperature), rngs=rngs)
+  if architecture is None and m.text_init == "random":
+    openclip_text_init(model.text_model, model.text_projection, config.seed + 1)
+  return model
 
 
 class SimZSSMethod(Method):
