@@ -9,6 +9,8 @@ Exit codes (docs/robustness.md):
       EX_TEMPFAIL of sysexits.h ("try again later"): Slurm requeues on it with
       `RequeueExit=75`, a Kubernetes Job retries it without counting a failure with a
       `podFailurePolicy` rule `{action: Ignore, onExitCodes: {operator: In, values: [75]}}`.
+  130 interrupted (Ctrl-C, SIGINT): a checkpoint was saved at the next step boundary; re-run to
+      resume. 128 + SIGINT, what shells report for Ctrl-C, so scripts stop instead of requeueing.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-OK, FAILED, USAGE, PREEMPTED = 0, 1, 2, 75
+OK, FAILED, USAGE, PREEMPTED, INTERRUPTED = 0, 1, 2, 75, 130
 
 
 class ConfigError(ValueError):

@@ -11,6 +11,7 @@ non-finite loss or gradient (the state is never updated with it, the last checkp
 from __future__ import annotations
 
 import json
+import os
 import signal
 import tempfile
 import time
@@ -87,6 +88,7 @@ class Run:
     self.data = self.method.train_data(config, self.train_source, self.mesh)
     self.ckpt = Checkpointer(self.workdir / "checkpoints", keep=config.train.keep_checkpoints)
     self._stop_requested = self._config_written = False
+    self._stop_signal = "SIGTERM"  # multi-host: JAX's preemption notice
 
   # ---- checkpoints ----
   def abstract_state(self):
@@ -152,7 +154,9 @@ class Run:
     start = self.restore()
     # One process: our handler. Several: JAX's preemption notice, agreed on a step by all of them.
     multi = jax.process_count() > 1
-    old_handler = None if multi else signal.signal(signal.SIGTERM, self._on_sigterm)
+    old_handlers = {} if multi else {sig: signal.signal(sig, self._on_stop_signal)
+                                     for sig in (signal.SIGTERM, signal.SIGINT)}
+    self._keep_metrics_up_to(start)
     pbar = tqdm(total=t.steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
                 disable=jax.process_index() != 0)
     history, pending, tic, last_logged = [], None, time.perf_counter(), start
@@ -181,8 +185,8 @@ class Run:
         if evaluators.due(t.ckpt_every, done, t.steps) or self._stop_requested:
           self.save(done, force=True)
         if self._stop_requested:
-          logging.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
-          result["preempted"] = True
+          logging.warning("%s: saved a checkpoint at step %d; exiting", self._stop_signal, done)
+          result["preempted" if self._stop_signal == "SIGTERM" else "interrupted"] = True
           result["step"] = done  # the step of the checkpoint just saved
           break
         evals = self.run_evaluators(done, t.steps, writer)
@@ -194,8 +198,8 @@ class Run:
         self._check(*pending, history)
     finally:
       pbar.close()
-      if not multi:
-        signal.signal(signal.SIGTERM, old_handler)
+      for sig, handler in old_handlers.items():
+        signal.signal(sig, handler)
       self.ckpt.close()
       writer.close()
     result["history"] = history
@@ -206,8 +210,37 @@ class Run:
   def _check(self, step, metrics, history):
     history.append(check_finite(step + 1, metrics, self.ckpt.directory))
 
-  def _on_sigterm(self, signum, frame):
-    self._stop_requested = True
+  def _on_stop_signal(self, signum, frame):
+    """SIGTERM (preemption) and SIGINT (Ctrl-C): checkpoint at the next step boundary and stop. A
+    second Ctrl-C stops at once (KeyboardInterrupt; the newest complete checkpoint stays good)."""
+    if signum == signal.SIGINT:
+      if self._stop_requested:
+        raise KeyboardInterrupt
+      tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to stop at once)")
+    self._stop_requested, self._stop_signal = True, signal.Signals(signum).name
+
+  def _keep_metrics_up_to(self, step: int):
+    """On resume, `metrics.jsonl` keeps only records up to the restored `step` (the steps after it
+    run again): later ones move to `metrics.discarded.jsonl`, so readers see one value per step."""
+    path = self.local_dir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+      return
+    keep, drop = [], []
+    for line in path.read_text().splitlines(keepends=True):
+      try:
+        later = json.loads(line).get("step", 0) > step
+      except (ValueError, AttributeError):
+        later = False  # not ours to judge: keep it
+      (drop if later else keep).append(line)
+    if drop:
+      with open(path.with_name("metrics.discarded.jsonl"), "a") as f:
+        f.writelines(drop)
+      tmp = path.with_suffix(".jsonl.tmp")
+      tmp.write_text("".join(keep))
+      os.replace(tmp, path)
+    if step:
+      tqdm.write(f"resuming at step {step}" + (f": {len(drop)} metrics records after it moved to "
+                                              f"{path.with_name('metrics.discarded.jsonl')}" if drop else ""))
 
 
 def check_finite(step: int, metrics, checkpoint_dir="") -> dict:
@@ -257,6 +290,9 @@ def outcome(result: dict) -> tuple[str, int]:
   if result.get("preempted"):
     return (f"preempted at step {result['step']}: checkpoint saved; re-run the same command to resume "
             f"(exit code {cli.PREEMPTED})", cli.PREEMPTED)
+  if result.get("interrupted"):
+    return (f"interrupted (Ctrl-C) at step {result['step']}: checkpoint saved; re-run the same command to "
+            f"resume (exit code {cli.INTERRUPTED})", cli.INTERRUPTED)
   ev = result.get("eval", {})
   return (f"done: step {result['step']}" + (f", mIoU ({ev['miou_convention']}) {ev['mIoU']:.2f}" if ev else ""),
           cli.OK)

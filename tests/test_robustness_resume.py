@@ -21,14 +21,14 @@ from trainer_helpers import file_digests, tiny_config
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
 
-def _stand_in_step(sigterm_at):
-  """Returns the state unchanged (no compilation); sends this process SIGTERM during a step."""
+def _stand_in_step(sigterm_at, sig=signal.SIGTERM):
+  """Returns the state unchanged (no compilation); sends this process `sig` during a step."""
   calls = []
 
   def step(state, batch, context):
     calls.append(batch)
     if len(calls) == sigterm_at:
-      os.kill(os.getpid(), signal.SIGTERM)
+      os.kill(os.getpid(), sig)
     one = jnp.float32(1.0)
     return state, {"loss": one, "grad_norm": one, "finite": jnp.bool_(True)}
   return step
@@ -126,3 +126,35 @@ def test_damaged_checkpoint_of_a_real_run_is_refused(preempted, tmp_path, damage
   with pytest.raises(CheckpointError, match=r"(?s)checkpoints/2: cannot restore.*move them aside"):
     restore_workdir(workdir)
   assert file_digests(workdir) == before  # the only checkpoint is reported, not moved
+
+
+def test_ctrl_c_saves_the_step_and_exits_130(tmp_path):
+  """SIGINT used to leave only an orbax temp dir and a KeyboardInterrupt traceback (exit 130)."""
+  run = Run(tiny_config(train__steps=5, train__ckpt_every=0, train__log_every=0), tmp_path / "w")
+  run.train_step = _stand_in_step(sigterm_at=2, sig=signal.SIGINT)
+  result = run.train()
+  assert result["interrupted"] is True and result["step"] == 2 and "preempted" not in result
+  assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == ["2"]
+  message, code = outcome(result)
+  assert code == cli.INTERRUPTED == 130 and message.startswith("interrupted (Ctrl-C) at step 2: checkpoint saved")
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_metrics_after_a_resume_hold_one_record_per_step(tmp_path):
+  """A run killed after step 4 but whose newest checkpoint is step 2 runs steps 3-4 again:
+  metrics.jsonl must not hold them twice (plots would jump back)."""
+  config = tiny_config(train__steps=4, train__ckpt_every=2, train__log_every=1)
+  workdir = tmp_path / "w"
+  run = Run(config, workdir)
+  run.train_step = _stand_in_step(sigterm_at=0)
+  run.train()
+  shutil.rmtree(workdir / "checkpoints" / "4")  # killed before step 4's checkpoint
+  first = (workdir / "metrics.jsonl").read_text().splitlines()
+  run = Run(config, workdir)
+  run.train_step = _stand_in_step(sigterm_at=0)
+  run.train()
+  steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["kind"] == "train"]
+  assert steps == [1, 2, 3, 4]
+  discarded = (workdir / "metrics.discarded.jsonl").read_text().splitlines()
+  assert discarded == [line for line in first if json.loads(line)["step"] > 2]
