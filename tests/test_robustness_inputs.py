@@ -191,3 +191,23 @@ def test_summary_is_strict_utf8_json_for_non_utf8_names(tmp_path):
   (entry,) = summary["predicted"]
   assert entry["input"].endswith("caf\\xe9.png")
   entry["input"].encode("utf-8")
+
+
+# ---- the web app: client errors are 4xx with the reason
+
+@pytest.mark.parametrize("body,content_type", [
+    (b"garbage", "multipart/form-data"),  # no boundary
+    (b"--xx\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nabc",
+     "multipart/form-data; boundary=xx"),  # never closed
+    (b"--xx\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\n" + b"x" * 10 + b"\r\n--xx--\r\n"
+     + b"--xx\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\n1\r\n--xx--\r\n" * 6,
+     "multipart/form-data; boundary=xx"),  # too many fields
+], ids=["no-boundary", "unterminated", "too-many-fields"])
+def test_malformed_multipart_is_a_client_error(body, content_type):
+  from starlette.testclient import TestClient
+  from ovs_jax.serve.app import create_app
+  from ovs_jax.serve.service import SegmentService
+  client = TestClient(create_app(SegmentService("x", lambda vocabulary: None, {})))
+  r = client.post("/api/segment", content=body, headers={"content-type": content_type})
+  assert 400 <= r.status_code < 500 and r.json()["error"], r.text
+  assert "internal error" not in r.text

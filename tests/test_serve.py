@@ -105,7 +105,7 @@ IMAGE = png_bytes(scene())
                  "notes.txt: not an image this app can read", id="not-an-image"),
     pytest.param(IMAGE[:60], "cut.png", {"classes": "cat"}, 415, "cut.png: cannot decode image",
                  id="truncated"),
-    pytest.param(b"", "empty.png", {"classes": "cat"}, 400, "no image", id="empty-file"),
+    pytest.param(b"", "empty.png", {"classes": "cat"}, 400, "empty.png: empty file (0 bytes)", id="empty-file"),
     pytest.param(None, "", {"classes": "cat"}, 400, "no image", id="no-file"),
     pytest.param(IMAGE, "scene.png", {"classes": " \n "}, 400, "no class names", id="blank-classes"),
     pytest.param(IMAGE, "scene.png", {}, 400, "no class names", id="no-classes"),

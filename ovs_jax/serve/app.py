@@ -77,6 +77,8 @@ def create_app(service: SegmentService) -> Starlette:
           str(form.get("vocab") or "")))
     except RequestError as e:
       return error(e.status, e.message)
+    except HTTPException as e:  # the client's fault, e.g. a malformed multipart body: 4xx, its reason
+      return error(e.status_code, f"malformed request: {e.detail}")
     except Exception as e:  # a bug or a device failure: the person gets a sentence, the log the trace
       log.exception("segmenting failed")
       return error(500, f"internal error while segmenting ({type(e).__name__}); the server log has "

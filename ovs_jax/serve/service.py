@@ -136,7 +136,7 @@ class SegmentService:
   def decode(self, data: bytes, filename: str) -> np.ndarray:
     """Upload bytes -> (H, W, 3) uint8, its size checked from the header before decoding."""
     if not data:
-      raise RequestError(400, NO_IMAGE)
+      raise RequestError(400, f"{filename}: empty file (0 bytes); choose the image again")
     if len(data) > self.limits.max_upload_bytes:
       raise too_large(filename, len(data), self.limits.max_upload_bytes)
     try:
