@@ -33,6 +33,9 @@ setup(
         "tqdm",
         "tensorboardX",
         "array-record",
+        # GKC's caption grounding tags caption nouns (input_pipeline/caption_tagging.py).
+        "nltk",
+        "textblob",
     ],
     extras_require={
         # PyTorch interchange (pytorch_model.bin import, export checks) and the test suite.

@@ -27,7 +27,10 @@ def base_config():
   # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py).
   c.model = dict(num_queries=100, hidden_dim=256, enc_layers=6, enc_ffn_dim=1024, dec_layers=9,
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, pyramid_blocks=(4, 6, 8, 12),
-                 dtype="bfloat16", scan=False, remat=False, attention="auto")
+                 dtype="bfloat16", scan=False, remat=False, attention="auto",
+                 pixel_stats="imagenet", test_names="first")
+  # pixel_stats: the release's Base-COCO yaml (ovs_jax/methods/gkc_pixels.py); test_names: "first"
+  # = one name per class (the release's VOCA_MULTINAME=False), "all" = max over a class's names.
   # Distillation crops come from an un-augmented kd_canvas² view of each image (640: every COCO
   # image unscaled), at most kd_max_crops per device forward (the release's KD.MAX_LIST_LEN = 200,
   # a random subset of the device's images' segments), resized to kd_crop_size (0: the teacher's
@@ -49,10 +52,12 @@ def base_config():
                 min_size_train=(512,), min_size_train_sampling="choice", max_size_train=2048,
                 crop_enabled=False, train_bucket=32, num_masks=100, worker_count=2, skip_bad=False)
   c.evals = dict(
+      # The release sets no test size: detectron2's INPUT.MIN_SIZE_TEST 800 / MAX_SIZE_TEST 1333
+      # (detectron2/config/defaults.py 63-65; its test mapper DatasetMapperVoca is not released).
       val=dict(type="miou", dataset="ade20k_150", split="val", every=10000, max_images=0,
-               short_side=640, max_size=2560, batch_size=0, miou_convention="maft_plus"),
+               short_side=800, max_size=1333, batch_size=0, miou_convention="maft_plus"),
       pictures=dict(type="predictions", dataset="ade20k_150", split="val", every=0, num=4,
-                    short_side=640, max_size=2560))
+                    short_side=800, max_size=1333))
   c.optim = dict(lr=3e-4, weight_decay=0.05, lr_multipliers=[(BACKBONE, 0.1)], schedule="step",
                  decay_steps=(40000, 45000), decay_factor=0.1, warmup_steps=0, poly_power=0.9,
                  clip_norm=0.01, b1=0.9, b2=0.999, eps=1e-8,

@@ -124,6 +124,7 @@ def evaluate(models: dict, datasets: list[str], cfg: InferenceConfig, workdir: s
       row[d] = summarize(counts, src.class_names if not vocabulary else model.class_names, n,
                          miou_convention, skipped, unseen[d])
       row[d]["seconds"] = round(time.perf_counter() - t, 2)
+      row[d]["model"] = model.name  # e.g. GKC's test-vocabulary rule
       logging.info("%s on %s: mIoU (%s) %.2f (%d images scored, %d skipped, %.1f s)", model_name, d,
                    miou_convention, row[d]["mIoU"] or float("nan"), n, skipped, row[d]["seconds"])
       (workdir / "per_class" / f"{_slug(model_name)}__{d}.md").write_text(per_class_table(row[d]) + "\n")

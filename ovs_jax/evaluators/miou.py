@@ -28,7 +28,8 @@ class MIoU(DatasetEvaluator):
                                          batch_size=o["batch_size"] or mesh.size, mesh=mesh,
                                          max_images=self.max_images or None,
                                          desc=desc or f"{self.name}: {self.dataset}")
-    return summarize(counts, model.class_names, n, o["miou_convention"], skipped, self.unseen)
+    return dict(summarize(counts, model.class_names, n, o["miou_convention"], skipped, self.unseen),
+                model=model.name)  # the name says e.g. GKC's test-vocabulary rule
 
   unseen = None  # label ids of unseen classes: seen/unseen/hIoU are reported too
 

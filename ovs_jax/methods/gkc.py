@@ -25,11 +25,13 @@ from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
 from ovs_jax.heads.mask_former import MaskFormerHead
 from ovs_jax.layers import linear, param
 from ovs_jax.losses import gkc_distillation as kd
+from ovs_jax.losses.caption_grounding import caption_grounding_loss
 from ovs_jax.losses.gkc_synonyms import draw_synonyms, synonym_loss
 from ovs_jax.losses.per_device import images_per_device
 from ovs_jax.losses.set_criterion import (MaskLossConfig, mask_classification_loss, match_set,
                                           set_rngs)
 from ovs_jax.methods.base import Method
+from ovs_jax.methods import gkc_pixels
 from ovs_jax.methods.common import frozen_copy, mask_targets
 from ovs_jax.models.clip import CLIP, CLIPBase, l2_normalize
 from ovs_jax.models.resnet_clip import ResNetCLIP
@@ -43,6 +45,10 @@ FROZEN = (r"clip/text_model/", r"clip/text_projection/", r"clip/logit_scale",
           r"clip/visual/attnpool/", r"teacher/")
 BACKBONE = r"clip/(vision_model|visual)/"
 RAW_NAMES = ("{}",)  # GKC embeds the bare class names: no prompt templates
+# Test vocabulary: the release's default MODEL.MASK_FORMER.TEST.VOCA_MULTINAME = False
+# (mask2former/config.py:61) scores one name per class ("first"); "all" takes a class's logit as
+# the max over its listed names. The choice is part of the model's name in results.
+TEST_NAMES = {"first": "one name per class", "all": "max over names"}
 CAPTIONED = ("demo", "coco_panoptic_133")  # training sets with captions (input_pipeline/caption_nouns.py)
 
 
@@ -196,38 +202,13 @@ def region_dropout(rng, match, valid, num_queries, rate):
   return matched & (jax.random.uniform(rng, (b, num_queries)) < rate)
 
 
-def caption_grounding_loss(regions, region_valid, words, word_valid, scale):
-  """OpenSeg-style grounding of caption nouns in matched queries, contrasted across the batch.
-
-  regions (B, R, E) unit query embeddings, region_valid (B, R); words (B, K, E) unit noun
-  embeddings, word_valid (B, K). G(b, c) = mean over the nouns k of caption c of
-  Σ_q softmax_q(⟨r_bq, w_ck⟩)·⟨r_bq, w_ck⟩ (image b's regions); loss = the image→caption and
-  caption→image cross-entropies of scale·G over the images having both, averaged.
-  """
-  # Finite fills (−1e9), not −inf: a row with nothing valid must keep finite gradients.
-  sim = jnp.einsum("bqe,cke->bcqk", regions, words)
-  att = jax.nn.softmax(jnp.where(region_valid[:, None, :, None], sim, -1e9), axis=2)
-  att = jnp.where(region_valid[:, None, :, None], att, 0.0)
-  per_word = jnp.sum(att * sim, axis=2)  # (B, B, K)
-  g = jnp.sum(jnp.where(word_valid[None], per_word, 0.0), -1) / jnp.maximum(
-      word_valid.sum(-1), 1)[None]
-  has = region_valid.any(1) & word_valid.any(1)
-  pair = has[:, None] & has[None, :]
-  logits = jnp.where(pair, scale * g, -1e9)
-  diag = jnp.diagonal(jnp.where(pair, scale * g, 0.0))
-  to_caption = jax.nn.logsumexp(logits, axis=1) - diag
-  to_image = jax.nn.logsumexp(logits, axis=0) - diag
-  loss = jnp.where(has, to_caption + to_image, 0.0) / 2
-  return jnp.sum(loss) / jnp.maximum(jnp.sum(has), 1)
-
-
-def loss_fn(model: GKC, batch, rng, text, synonym_index, name_of_row, pad_text, concept_text, c):
+def loss_fn(model: GKC, batch, rng, text, synonym_index, name_of_row, pad_text, c):
   """Total loss and its terms (weights: config.loss; docs/gkc.md).
 
   text (S, E): unit embeddings of every training synonym (raw names); synonym_index (C, K) with
   column 0 the cleaned class name; name_of_row (S,) the first row of each row's string; pad_text
   (E,) the text encoder's embedding of an all-zero token row (the release's classifier padding)."""
-  rng, model_rng, set_rng, drop_rng, syn_rng, crop_rng = jax.random.split(rng, 6)
+  rng, model_rng, set_rng, drop_rng, syn_rng, crop_rng, caption_rng = jax.random.split(rng, 7)
   sets = model(batch["image"], model_rng)
   targets = mask_targets(batch)
   mask_cfg = MaskLossConfig.from_config(c)
@@ -273,13 +254,14 @@ def loss_fn(model: GKC, batch, rng, text, synonym_index, name_of_row, pad_text, 
                                               ok & present, teacher, names, model.kd_scale[...])
     total = total + c.kd_weight * terms["loss_kd"]
   if c.get("caption_weight", 0) and "caption_nouns" in batch:
-    nouns = batch["caption_nouns"]
-    r = min(c.caption_regions, targets["labels"].shape[1])
-    query = jnp.maximum(matches[0][:, :r], 0)
-    regions = jnp.take_along_axis(sets[0]["embedding"], query[..., None], axis=1)
+    tokens = batch["caption_nouns"]  # (B, nouns, ctx) token ids, zero rows = none
+    word_valid = tokens.any(-1)
+    words = model.clip.get_text_features(tokens.reshape(-1, tokens.shape[-1])).astype(jnp.float32)
+    words = jnp.where(word_valid[..., None], jax.lax.stop_gradient(words).reshape(
+        *tokens.shape[:2], -1), 0.0)
     terms["loss_caption"] = caption_grounding_loss(
-        regions, targets["valid"][:, :r] & (matches[0][:, :r] >= 0),
-        concept_text[jnp.maximum(nouns, 0)], nouns >= 0, jnp.exp(cp.logit_scale[...]))
+        caption_rng, sets, matches, targets["valid"], words, word_valid,
+        jnp.exp(cp.logit_scale[...]), group)
     total = total + c.caption_weight * terms["loss_caption"]
   return total, terms
 
@@ -316,7 +298,7 @@ class GKCMethod(Method):
   def train_source(self, config):
     """The default source; its records carry their segments' filtered synonyms with
     `loss.synonym_filter` (`input_pipeline/segment_synonyms.py`) and, with caption grounding on,
-    their captions' concept-bank ids (`input_pipeline/caption_nouns.py`) where the dataset has
+    their captions (`input_pipeline/caption_nouns.py`; nouns are tagged per example) where the dataset has
     captions."""
     from absl import logging
     check_synonym_filter(config.loss)
@@ -333,14 +315,12 @@ class GKCMethod(Method):
     if not config.loss.get("caption_weight", 0):
       return source
     from input_pipeline import caption_nouns
-    from input_pipeline.concepts import ConceptMatcher, load_bank
     captions = caption_nouns.dataset_captions(config.data.train, "train", source,
                                               root=config.data.root or None)
     if captions is None:
       logging.warning("%s has no captions: caption grounding is off", config.data.train)
       return source
-    table = caption_nouns.concept_table(captions[:len(source)], ConceptMatcher(load_bank()))
-    return caption_nouns.WithCaptionConcepts(source, table)
+    return caption_nouns.WithCaptions(source, captions[:len(source)])
 
   def train_mapper(self, config, source):
     """The default mapper, first taking the un-augmented view the distillation teacher crops from
@@ -351,7 +331,7 @@ class GKCMethod(Method):
     first = []
     if config.loss.kd_weight:
       first.append(TeacherView(config.loss.kd_canvas, source.ignore_label))
-    if isinstance(source, caption_nouns.WithCaptionConcepts):
+    if isinstance(source, caption_nouns.WithCaptions):
       first.append(caption_nouns.DrawCaptionNouns())
     return dataclasses.replace(mapper, ops=[*first, *mapper.ops])
 
@@ -364,32 +344,32 @@ class GKCMethod(Method):
     if c.synonym_weight and c.get("synonym_filter"):
       spec["mask_synonyms"] = ((batch_size, config.data.num_masks), "int32")
     if c.get("caption_weight", 0) and config.data.train in CAPTIONED:
-      from input_pipeline.caption_nouns import MAX_NOUNS
-      spec["caption_nouns"] = ((batch_size, MAX_NOUNS), "int32")
+      from input_pipeline.caption_nouns import MAX_NOUNS, NOUN_CONTEXT
+      spec["caption_nouns"] = ((batch_size, MAX_NOUNS, NOUN_CONTEXT), "int32")
     return spec
 
   def train_context(self, model, config, vocabulary, templates, cache_dir):
-    """(synonym embeddings (S, E), synonym index (C, K), concept-bank embeddings (N, E)), all
-    raw names through the frozen text tower."""
+    """(synonym embeddings (S, E), synonym index (C, K), name_of_row (S,), the zero-token
+    embedding (E,)), raw names through the frozen text tower."""
     del templates  # GKC embeds raw names
-    from input_pipeline.concepts import load_bank
     from ovs_jax.text_classifier import build_text_classifier
     sets = training_synonyms(config, vocabulary)
     clf = build_text_classifier(model.clip, sets, RAW_NAMES, cache_dir=cache_dir)
-    bank = build_text_classifier(model.clip, [[n] for n in load_bank()], RAW_NAMES,
-                                 cache_dir=cache_dir)
     return (jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index),
-            jnp.asarray(name_of_row(sets)), pad_text_embedding(model.clip),
-            jnp.asarray(bank.embeddings))
+            jnp.asarray(name_of_row(sets)), pad_text_embedding(model.clip))
 
   def context_spec(self, model, num_classes, synonyms):
-    from input_pipeline.concepts import load_bank
     dim = model.clip.config.projection_dim
     return (((num_classes * synonyms, dim), "float32"), ((num_classes, synonyms), "int32"),
-            ((num_classes * synonyms,), "int32"), ((dim,), "float32"),
-            ((len(load_bank()), dim), "float32"))
+            ((num_classes * synonyms,), "int32"), ((dim,), "float32"))
 
   def loss(self, model, batch, rng, context, config):
+    stats = config.model.get("pixel_stats", "clip")
+    if stats != "clip":  # the loader's pixels are CLIP-normalised (gkc_pixels.py)
+      image = batch["image"]
+      valid = (gkc_pixels.valid_from_hw(batch["image_hw"], image.shape) if "image_hw" in batch
+               else jnp.ones(image.shape[:3], bool))
+      batch = dict(batch, image=gkc_pixels.renormalize(image, valid, stats, gkc_pixels.TRAIN_PAD))
     return loss_fn(model, batch, rng, *context, config.loss)
 
   def complete_state_dict(self, state_dict):
@@ -410,17 +390,25 @@ class GKCMethod(Method):
     from ovs_jax.inference.segmentation_model import SegmentationModel
     from ovs_jax.text_classifier import build_text_classifier
     model = nnx.merge(graphdef, *states)
+    rule = config.model.get("test_names", "all")  # checkpoints from before the key: "all"
+    if rule not in TEST_NAMES:
+      raise ValueError(f"config.model.test_names={rule!r}: expected one of {sorted(TEST_NAMES)}")
+    if rule == "first":
+      vocabulary = [list(names[:1]) for names in vocabulary]
     clf = build_text_classifier(model.clip, vocabulary, RAW_NAMES, cache_dir=cache_dir)
     seg_graph, seg_state = nnx.split(Segmenter(model, strip_head=True))
 
+    stats = gkc_pixels.check(config.model.get("pixel_stats", "clip"))
+
     def apply(params, pixels, valid):
-      del valid
       state, text, index = params
       segmenter = nnx.merge(seg_graph, state)
+      if stats != "clip":
+        pixels = gkc_pixels.renormalize(pixels, valid, stats)
       final = segmenter(pixels)[0]
       logits = class_logits(segmenter.class_path, final["embedding"], text, index)
       return semantic_scores(logits, final["pred_masks"], pixels.shape[1:3])
-    return SegmentationModel(name or self.name, apply,
+    return SegmentationModel(f"{name or self.name} [{TEST_NAMES[rule]}]", apply,
                              (seg_state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index)),
                              [v[0] for v in vocabulary], input_multiple=32)
 
