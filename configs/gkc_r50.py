@@ -61,8 +61,10 @@ def base_config():
   c.optim = dict(lr=3e-4, weight_decay=0.05, lr_multipliers=[(BACKBONE, 0.1)], schedule="step",
                  decay_steps=(40000, 45000), decay_factor=0.1, warmup_steps=0, poly_power=0.9,
                  clip_norm=0.01, b1=0.9, b2=0.999, eps=1e-8,
-                 no_decay=r".*(norm|query_feat|query_embed|level_embed|void_embedding|"
-                          r"position_embedding)", no_decay_1d=False)
+                 # The release's groups (train_net.py 257-270): no decay for norm layers
+                 # (WEIGHT_DECAY_NORM 0) and nn.Embedding (WEIGHT_DECAY_EMBED 0, config.py:24),
+                 # i.e. the decoder's queries and level embedding; every other parameter decays.
+                 no_decay=r".*(query_feat|query_embed|predictor/level_embed)$", no_decay_1d=False)
   c.frozen = list(FROZEN)
   c.train = dict(batch_size=112, steps=50000, grad_accum=1, log_every=50, ckpt_every=2000,
                  keep_checkpoints=3)
