@@ -62,6 +62,8 @@ def define_flags():
                     "ground truth)")
   flags.DEFINE_enum("protocol", "", ["", "zero_shot"], "zero_shot: also report mIoU over each dataset's "
                     "seen and unseen classes and hIoU (splits: voc_20, coco_stuff_171, pc_59, demo)")
+  flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "--checkpoint compute dtype; "
+                    "auto: float32 for an imported official checkpoint (as its own evaluation), else the run's")
   flags.DEFINE_bool("demo", False, "the demo dataset (and the demo:tiny CLIP unless --clip is given)")
 
 
@@ -86,7 +88,8 @@ def main(argv):
   cfg = InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride,
                         FLAGS.bucket)
   factories = model_factories(clips, FLAGS.checkpoint, FLAGS.names,
-                              templates=get_templates(FLAGS.templates), hidden_act=FLAGS.hidden_act)
+                              templates=get_templates(FLAGS.templates), hidden_act=FLAGS.hidden_act,
+                              precision=FLAGS.precision)
   results = evaluate(factories, datasets, cfg, FLAGS.workdir, split=FLAGS.split, root=FLAGS.root,
                      vocabulary=FLAGS.vocab, batch_size=FLAGS.batch_size or None,
                      max_images=FLAGS.max_images or None, workers=FLAGS.workers,

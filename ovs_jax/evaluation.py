@@ -156,7 +156,7 @@ def check_request(datasets: list[str], split: str, vocabulary: str | None = None
 
 
 def model_factories(clips: list[str], checkpoints: list[str], names: list[str], *, templates,
-                    hidden_act=None, cache_dir=DEFAULT_CACHE / "text") -> dict:
+                    hidden_act=None, cache_dir=DEFAULT_CACHE / "text", precision="auto") -> dict:
   """Row name -> factory(vocabulary). CLIP weights load once; text classifiers per vocabulary."""
   specs = [("clip", s) for s in clips] + [("checkpoint", s) for s in checkpoints]
   if names and len(names) != len(specs):
@@ -171,6 +171,6 @@ def model_factories(clips: list[str], checkpoints: list[str], names: list[str], 
       checkpoint_method(*read_checkpoint_config(spec))  # fail before any data is read
       default = Path(spec).name
       factory = lambda v, spec=spec: build_from_checkpoint(spec, v, templates=templates,
-                                                           cache_dir=cache_dir)
+                                                           cache_dir=cache_dir, precision=precision)
     out[names[i] if names else default] = factory
   return out

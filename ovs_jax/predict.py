@@ -58,6 +58,8 @@ def define_flags():
   flags.DEFINE_enum("mode", "whole", ["whole", "slide"], "whole image or sliding window")
   flags.DEFINE_integer("window", 448, "sliding window side")
   flags.DEFINE_integer("stride", 224, "sliding window stride")
+  flags.DEFINE_enum("precision", "auto", ["auto", "float32", "bfloat16"], "--checkpoint compute dtype; "
+                    "auto: float32 for an imported official checkpoint (as its own evaluation), else the run's")
   flags.DEFINE_bool("demo", False, "segment the embedded demo images with its vocabulary (offline)")
   flags.DEFINE_integer("num_demo", 4, "how many demo images with --demo")
   flags.DEFINE_string("out", "predictions", "output folder")
@@ -91,7 +93,7 @@ def main(argv):
   templates = get_templates(FLAGS.templates)
   if FLAGS.checkpoint:
     model = build_from_checkpoint(FLAGS.checkpoint, vocabulary, templates=templates,
-                                  cache_dir=DEFAULT_CACHE / "text")
+                                  cache_dir=DEFAULT_CACHE / "text", precision=FLAGS.precision)
   else:
     if spec.startswith("random:"):
       logging.warning("Using RANDOM CLIP weights (%s): the pipeline runs, the masks are meaningless.",

@@ -143,6 +143,8 @@ def test_from_official_then_evaluate_predict_and_back(tmp_path):
   assert r.returncode == 0, r.stderr[-2000:]
   saved = json.loads((tmp_path / "wd" / "config.json").read_text())
   assert saved["model"]["cdt_dense"] == "official" and saved["model"]["num_queries"] == TINY["model.num_queries"]
+  # the official evaluation runs in float32: evaluate/predict default to it (issue 31, case 14)
+  assert json.loads((tmp_path / "wd" / "imported.json").read_text())["precision"] == "float32"
   r = run("ovs_jax.evaluate", f"--checkpoint={tmp_path / 'wd'}", "--demo", "--max_images=2",
           "--short_side=128", f"--workdir={tmp_path / 'eval'}")
   assert r.returncode == 0, r.stderr[-2000:]

@@ -211,3 +211,25 @@ def test_malformed_multipart_is_a_client_error(body, content_type):
   r = client.post("/api/segment", content=body, headers={"content-type": content_type})
   assert 400 <= r.status_code < 500 and r.json()["error"], r.text
   assert "internal error" not in r.text
+
+
+# ---- precision: an imported official checkpoint evaluates as its own code does
+
+def test_imported_checkpoints_run_at_their_official_precision(tmp_path, monkeypatch):
+  from ovs_jax.cli import ConfigError
+  from ovs_jax.inference import segmentation_model as sm
+  config = {"method": "maft_plus", "model": {"dtype": "bfloat16"}}
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  seen = []
+
+  class Stub:
+    def open_checkpoint(self, directory, config, **options):
+      seen.append(config["model"]["dtype"])
+  monkeypatch.setattr("ovs_jax.methods.registry.get_method", lambda name: Stub())
+  sm.open_checkpoint(tmp_path)  # a run of ours: its own dtype
+  (tmp_path / sm.IMPORTED_FILE).write_text(json.dumps({"source": "x.pth", "precision": "float32"}))
+  sm.open_checkpoint(tmp_path)  # imported: the official precision
+  sm.open_checkpoint(tmp_path, precision="bfloat16")  # asked for
+  assert seen == ["bfloat16", "float32", "bfloat16"]
+  with pytest.raises(ConfigError, match="--precision='fp16'; expected one of auto, float32, bfloat16"):
+    sm.open_checkpoint(tmp_path, precision="fp16")

@@ -87,10 +87,34 @@ def read_vocabulary(spec: str) -> list[list[str]]:
   return read_vocabulary_file(spec)
 
 
-def open_checkpoint(path: str | Path, **options) -> Callable[[list[list[str]]], SegmentationModel]:
-  """The checkpoint at `path`, loaded once, as `vocabulary -> SegmentationModel` of its method."""
+PRECISIONS = ("auto", "float32", "bfloat16")
+IMPORTED_FILE = "imported.json"  # written by `convert from-official`: {"source", "precision"}
+
+
+def inference_dtype(directory: Path, config: dict, precision: str = "auto") -> str | None:
+  """The compute dtype to run a checkpoint in. auto: an imported official checkpoint's own
+  evaluation precision (float32 for MAFT+: bfloat16 moves its scores by up to 5% of their range),
+  else the run's `model.dtype`; float32 / bfloat16: that. None: the method has no such setting."""
+  if precision not in PRECISIONS:
+    from ovs_jax.cli import ConfigError
+    raise ConfigError(f"--precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
+  if "dtype" not in (config.get("model") or {}):
+    return None
+  if precision == "auto":
+    imported = directory / IMPORTED_FILE
+    return json.loads(imported.read_text()).get("precision") if imported.is_file() else config["model"]["dtype"]
+  return precision
+
+
+def open_checkpoint(path: str | Path, precision: str = "auto", **options
+                    ) -> Callable[[list[list[str]]], SegmentationModel]:
+  """The checkpoint at `path`, loaded once, as `vocabulary -> SegmentationModel` of its method,
+  computing in `precision` (`inference_dtype`)."""
   from ovs_jax.methods.registry import get_method
   directory, config = read_checkpoint_config(path)
+  dtype = inference_dtype(directory, config, precision)
+  if dtype and dtype != config["model"]["dtype"]:
+    config = {**config, "model": {**config["model"], "dtype": dtype}}
   return get_method(checkpoint_method(directory, config)).open_checkpoint(directory, config, **options)
 
 

@@ -189,10 +189,12 @@ def from_torch(src, workdir) -> Path:
       load=lambda model: load_model_state(model, sd, source=str(src / "model.safetensors")))
 
 
-def write_imported_workdir(workdir, config, architecture, *, step, source, load) -> Path:
+def write_imported_workdir(workdir, config, architecture, *, step, source, load,
+                           precision: str | None = None) -> Path:
   """A new workdir (config.json + orbax checkpoint at `step`) holding a model built from the
   `architecture` record and filled by `load(model)`; fresh optimizer state. Refuses a workdir
-  that already holds checkpoints."""
+  that already holds checkpoints. `precision`: the dtype the source's own code evaluates in,
+  recorded in imported.json so evaluate/predict/serve use it by default."""
   from ovs_jax import sharding
   from ovs_jax.checkpointing import Checkpointer
   from ovs_jax.methods.registry import get_method
@@ -210,6 +212,9 @@ def write_imported_workdir(workdir, config, architecture, *, step, source, load)
   state = dict(ts.state, step=jnp.asarray(step, jnp.int32))
   workdir.mkdir(parents=True, exist_ok=True)
   write_run_config(workdir, config, architecture)
+  if precision:
+    from ovs_jax.inference.segmentation_model import IMPORTED_FILE
+    (workdir / IMPORTED_FILE).write_text(json.dumps({"source": source, "precision": precision}) + "\n")
   ckpt = Checkpointer(ckpt_dir, use_async=False)
   try:
     ckpt.save(step, state, meta={"config": config.to_dict(), "step": step, "imported_from": source},

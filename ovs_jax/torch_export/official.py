@@ -63,7 +63,7 @@ def from_official(src, workdir, *, recipe: str | None = None, step: int = 0) -> 
   # Fine-tuning rebuilds the CLIP from this file's student (`backbone.clip_model`), then restores.
   config.clip.weights = str(src)
   return write_imported_workdir(
-      workdir, config, architecture, step=step, source=str(src),
+      workdir, config, architecture, step=step, source=str(src), precision="float32",  # as its evaluation
       load=lambda model: torch_state.import_state_dict(model, ours, source=str(src)))
 
 
