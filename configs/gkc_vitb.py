@@ -13,7 +13,8 @@ from ovs_jax.config_utils import parse_variants, recipe_module
 
 
 def get_config(arg: str = ""):
-  variants = parse_variants(arg, {"demo", "zero_shot"}, "configs/gkc_vitb.py")
+  variants = parse_variants(arg, {"demo", "zero_shot"}, "configs/gkc_vitb.py",
+                            combine=[{"demo", "zero_shot"}])
   c = recipe_module(__file__.replace("gkc_vitb.py", "gkc_r50.py")).base_config()
   c.clip.arch = "vit_b16"
   c.model.pyramid_blocks = (4, 6, 8, 12)

@@ -16,7 +16,7 @@ from ovs_jax.config_utils import parse_variants, recipe_config
 
 def convnext_recipe(arg: str, name: str, *, arch: str, steps: int):
   """The ViT recipe's official protocol with an OpenCLIP ConvNeXt CLIP (`arch`) and `steps`."""
-  variants = parse_variants(arg, {"demo", "panoptic"}, name)
+  variants = parse_variants(arg, {"demo", "panoptic"}, name, combine=[{"demo", "panoptic"}])
   c = recipe_config(Path(__file__).with_name("maft_plus_vitb.py"), ",".join(sorted(variants)))
   if "demo" in variants:
     # A tiny ConvNeXt CLIP pre-trained on the demo data; stride-32 maps need >= 128 px crops

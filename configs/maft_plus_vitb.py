@@ -18,7 +18,8 @@ from ovs_jax.methods.maft_plus import BACKBONE, FROZEN
 
 
 def get_config(arg: str = ""):
-  variants = parse_variants(arg, {"demo", "panoptic"}, "configs/maft_plus_vitb.py")
+  variants = parse_variants(arg, {"demo", "panoptic"}, "configs/maft_plus_vitb.py",
+                            combine=[{"demo", "panoptic"}])
   c = ml_collections.ConfigDict()
   c.method = "maft_plus"
   c.seed = 0

@@ -5,13 +5,20 @@ import importlib.util
 from pathlib import Path
 
 
-def parse_variants(arg: str | None, known, recipe: str) -> set[str]:
-  """'demo,panoptic' -> {'demo', 'panoptic'}; an unknown variant is an error naming the known ones."""
+def parse_variants(arg: str | None, known, recipe: str, combine=()) -> set[str]:
+  """'demo,panoptic' -> {'demo', 'panoptic'}. An unknown variant is an error naming the known
+  ones; several variants are an error unless `combine` lists them (sets of variants the recipe
+  honours together): a combination the recipe would silently ignore part of is refused."""
   variants = set(filter(None, (arg or "").split(",")))
   unknown = variants - set(known)
   if unknown:
     raise ValueError(f"{recipe}: unknown variant(s) {sorted(unknown)}; expected any of: "
                      f"{', '.join(sorted(known))}")
+  if len(variants) > 1 and not any(variants <= set(c) for c in combine):
+    together = "; ".join(",".join(sorted(c)) for c in combine)
+    raise ValueError(f"{recipe}: variants {','.join(sorted(variants))} do not combine (the recipe "
+                     "would ignore part of them); give one variant"
+                     + (f", or one of these combinations: {together}" if together else ""))
   return variants
 
 

@@ -233,3 +233,36 @@ def test_imported_checkpoints_run_at_their_official_precision(tmp_path, monkeypa
   assert seen == ["bfloat16", "float32", "bfloat16"]
   with pytest.raises(ConfigError, match="--precision='fp16'; expected one of auto, float32, bfloat16"):
     sm.open_checkpoint(tmp_path, precision="fp16")
+
+
+# ---- recipe variants: a combination is honoured or refused, never partly ignored
+
+def _recipes_and_variants():
+  import itertools
+  import re
+  from ovs_jax.config_utils import recipe_config
+  cases = []
+  for path in sorted((REPO / "configs").glob("*.py")):
+    try:
+      recipe_config(path, "__no_such_variant__")
+    except ValueError as e:
+      known = re.search(r"expected any of: (.*)$", str(e)).group(1).split(", ")
+      cases += [(path.name, a, b) for a, b in itertools.combinations(sorted(known), 2)]
+  return cases
+
+
+@pytest.mark.parametrize("recipe,a,b", _recipes_and_variants())
+def test_variant_pairs_are_honoured_or_refused(recipe, a, b):
+  from ovs_jax.config_utils import recipe_config
+  path = REPO / "configs" / recipe
+  try:
+    both = recipe_config(path, f"{a},{b}").to_dict()
+  except ValueError as e:
+    assert "do not combine" in str(e) or "variant" in str(e)
+    return
+  for single in (a, b):
+    try:
+      alone = recipe_config(path, single).to_dict()
+    except ValueError:
+      continue  # e.g. gkc_vitb's zero_shot exists only with demo
+    assert both != alone, f"{recipe}:{a},{b} ignores {b if single == a else a}"
