@@ -7,8 +7,10 @@ r"""GKC with a CLIP RN50 student: the paper's recipe (Han et al., ICCV 2023; doc
 Recipe: COCO-Panoptic-133, flip + resize-scale 0.8-1.2 x 512 + fixed 512 crop, batch 112, 50k
 steps, AdamW 3e-4, weight decay 0.05, backbone x0.1, step decay x0.1 at 40k and 45k, gradient
 clip 0.01, bfloat16 compute; losses CE 2 / BCE 5 / dice 5 (void 0.1), region dropout 0.5,
-synonym CE 10, text-guided KD 10 (<= 16 crops per image, cut from the un-augmented image), caption grounding 10 (one caption's
-nouns, <= 25 matched queries). RN101: --config.clip.arch=RN101.
+synonym CE 10 (one classifier per image; needs --config.loss.synonym_filter, see docs/gkc.md),
+text-guided KD 10 (<= 200 crops per device, cut from the un-augmented image), caption grounding 10
+on every set (one caption's POS-tagged nouns, <= 25 matched queries); ImageNet pixel statistics;
+test: one name per class at short side 800. RN101: --config.clip.arch=RN101.
 `:demo`: the demo data on the tiny demo ResNet CLIP (`resnet_tiny`): about 3 min on 2 CPU cores,
 demo-val mIoU 73.1 against MaskCLIP's 49.1 with the same CLIP (docs/gkc.md).
 """
