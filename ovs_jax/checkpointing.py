@@ -13,6 +13,7 @@ to move aside.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -124,7 +125,22 @@ class Checkpointer:
              "meta": ocp.args.JsonSave(json.loads(json.dumps(meta, default=str)))}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    with self._writing():
+      return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  @contextlib.contextmanager
+  def _writing(self):
+    """A save that cannot write (a full disk, a quota, a read-only mount) -> CheckpointError in
+    one line; orbax writes into a temp dir, so the newest complete checkpoint stays as it was."""
+    try:
+      yield
+    except OSError as e:
+      self.manager.reload()
+      done = self.steps()
+      raise CheckpointError(
+          f"cannot write a checkpoint in {self.directory} ({e.strerror or e}); the newest complete "
+          f"one is {f'step {done[-1]}' if done else 'none'}: free space (or fix the path) and re-run "
+          "the same command to resume from it") from e
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -188,11 +204,14 @@ class Checkpointer:
     self.manager.reload()
 
   def wait(self):
-    self.manager.wait_until_finished()
+    with self._writing():  # an async save fails here
+      self.manager.wait_until_finished()
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    try:
+      self.wait()
+    finally:
+      self.manager.close()
 
 
 def _cannot(directory, step, error) -> str:

@@ -158,3 +158,29 @@ def test_metrics_after_a_resume_hold_one_record_per_step(tmp_path):
   assert steps == [1, 2, 3, 4]
   discarded = (workdir / "metrics.discarded.jsonl").read_text().splitlines()
   assert discarded == [line for line in first if json.loads(line)["step"] > 2]
+
+
+def test_a_full_disk_mid_save_is_one_error_and_the_run_resumes(tmp_path, monkeypatch):
+  """A write that fails inside a save (ENOSPC after the arrays are written) used to end in orbax's
+  OSError traceback; the newest complete checkpoint must stay usable."""
+  import errno
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as jh
+  real, calls = jh.JsonCheckpointHandler._save_fn, []
+
+  async def full_disk_on_second_save(self, x, directory):
+    calls.append(directory)
+    if len(calls) == 2:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return await real(self, x, directory)
+  monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", full_disk_on_second_save)
+  config = tiny_config(train__steps=4, train__ckpt_every=2, train__log_every=0)
+  run = Run(config, tmp_path / "w")
+  run.train_step = _stand_in_step(sigterm_at=0)
+  with pytest.raises(CheckpointError, match=r"cannot write a checkpoint in .*checkpoints \(No space left on "
+                                            r"device\); the newest complete one is step 2"):
+    run.train()
+  monkeypatch.setattr(jh.JsonCheckpointHandler, "_save_fn", real)
+  run = Run(config, tmp_path / "w")
+  run.train_step = _stand_in_step(sigterm_at=0)
+  assert run.train()["step"] == 4
+  assert sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir()) == ["2", "4"]
