@@ -136,3 +136,16 @@ def test_evaluate_and_predict_flags_are_checked_first(tmp_path):
   r = subprocess.run([sys.executable, "-m", "ovs_jax.predict", "--demo", "--mode=slide", "--window=32",
                       "--stride=64", f"--out={tmp_path / 'p'}"], cwd=REPO, capture_output=True, text=True)
   assert r.returncode == 2 and r.stderr.strip() == "error: stride 64 must be in (0, window=32]", r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("batch,mesh,accum,shards", [(6, {"data": -1}, 1, 8), (8, {"data": 4, "fsdp": 2}, 2, 16),
+                                                     (4, {"fsdp": 8}, 1, 8)])
+def test_batch_not_divisible_by_the_devices_is_refused_before_the_workdir(tmp_path, batch, mesh, accum, shards):
+  import jax
+  assert jax.device_count() == 8  # conftest simulates 8 CPU devices
+  config = apply_overrides(tiny_config(), {"train.batch_size": batch, "train.grad_accum": accum,
+                                           **{f"mesh.{k}": v for k, v in mesh.items()}})
+  with pytest.raises(ConfigError, match=rf"config.train.batch_size={batch} must be a multiple of data×fsdp "
+                                        rf"devices × grad_accum = {shards}"):
+    Run(config, tmp_path / "w")
+  assert not (tmp_path / "w").exists()
