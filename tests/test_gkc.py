@@ -319,6 +319,13 @@ def test_teacher_crops_come_from_the_view_by_segment_value():
     want = (release_crop(view[image[0, k]].astype(np.float32), mask, 16) / 255 - CLIP_MEAN) / CLIP_STD
     np.testing.assert_allclose(np.asarray(crops[0, k]), want, atol=1e-3)
   assert np.isfinite(np.asarray(crops[0, 3])).all()
+  # One group per image (a device each): the same crops, each group reading its own image.
+  per_image, present2 = teacher_crops(jnp.asarray(view), jnp.asarray(segments),
+                                      jnp.asarray(image.reshape(2, 2)), jnp.asarray(values.reshape(2, 2)),
+                                      16, chunk=1)
+  np.testing.assert_allclose(np.asarray(per_image).reshape(4, 16, 16, 3)[:3],
+                             np.asarray(crops)[0, :3], atol=1e-5)
+  assert np.asarray(present2).reshape(-1).tolist() == [True, True, True, False]
 
 
 def test_teacher_view_keeps_the_unaugmented_image_and_segments():

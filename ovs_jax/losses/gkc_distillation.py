@@ -37,23 +37,28 @@ def choose_crops(rng, valid, group, max_crops=MAX_CROPS):
   return image, idx % t, chosen >= 0
 
 
-def teacher_crops(view, segments, image, values, size, chunk=16):
+def teacher_crops(view, segments, image, values, size, group=None, chunk=16):
   """The teacher's inputs from the un-augmented view (`input_pipeline/teacher_view.py`).
 
   view (B, S, S, 3) uint8, segments (B, S, S) its segment map; image, values (G, K): each crop's
   image and value in its segment map (panoptic segment id or semantic class) -> ((G, K, size,
   size, 3) CLIP-normalised crops with the release's box, (G, K) bool: the segment is in the view).
-  Crops are made `chunk` at a time, so memory does not grow with the crop count.
+  Each group reads only its own `group` images (B / G by default), so under data parallelism a
+  device crops its own images; crops are made `chunk` at a time, so memory does not grow with
+  the crop count.
   """
   mean, std = jnp.asarray(CLIP_MEAN), jnp.asarray(CLIP_STD)
+  group = group or view.shape[0] // image.shape[0]
+  local = image - jnp.arange(image.shape[0])[:, None] * group
 
-  def one(args):
-    i, value = args
-    mask = segments[i] == value
-    crop = segment_crop(view[i].astype(jnp.float32), mask, size, exclusive_end=True)
-    return (crop / 255.0 - mean) / std, mask.any()
-  crops, present = jax.lax.map(one, (image.reshape(-1), values.reshape(-1)), batch_size=chunk)
-  return crops.reshape(*image.shape, *crops.shape[1:]), present.reshape(image.shape)
+  def per_group(views, segs, idx, vals):
+    def one(args):
+      i, value = args
+      mask = segs[i] == value
+      crop = segment_crop(views[i].astype(jnp.float32), mask, size, exclusive_end=True)
+      return (crop / 255.0 - mean) / std, mask.any()
+    return jax.lax.map(one, (idx, vals), batch_size=min(chunk, idx.shape[0]))
+  return jax.vmap(per_group)(split(view, group), split(segments, group), local, values)
 
 
 def pairwise_kd(v, c, t, image, ok, scale):

@@ -245,7 +245,7 @@ def loss_fn(model: GKC, batch, rng, text, synonym_index, name_of_row, pad_text, 
     values = batch["mask_ids"] if "mask_ids" in batch else batch["mask_classes"]
     size = c.kd_crop_size or model.clip.config.vision.image_size
     crops, present = kd.teacher_crops(batch["teacher_image"], batch["teacher_segments"], image,
-                                      values[image, slot], size)
+                                      values[image, slot], size, group)
     teacher = model.teacher(crops.reshape(-1, *crops.shape[2:])).reshape(*image.shape, -1)
     # The text of a crop is its segment's drawn synonym (release kd_text_ebmd = syn_class_ebmd).
     names = text[rows[image, slot]] if rows is not None else class_text[
