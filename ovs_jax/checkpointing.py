@@ -145,24 +145,25 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def restore(self, abstract_state, data_iterator=None, step: int | None = None):
+  def restore(self, abstract_state, data_iterator=None, step: int | None = None, partial=False):
     """(step, state, meta) from `step` or the newest checkpoint that restores and passes its
     checksums; None when there is none.
 
     abstract_state: pytree of jax.ShapeDtypeStruct with target shardings (topology may differ).
+    partial: read only the top-level entries `abstract_state` has (inference: no optimizer state).
     Newer steps that fail while an older one restores are damaged and are moved aside; if every
     step fails (e.g. the checkpoints belong to another model or config), nothing is moved and
     the error lists each step's problem and what to move aside.
     """
     if step is not None:
       try:
-        return self._restore(step, abstract_state, data_iterator)
+        return self._restore(step, abstract_state, data_iterator, partial)
       except Exception as e:
         raise CheckpointError(_cannot(self.directory, step, e)) from e
     failed = []
     for s in self.steps()[::-1]:
       try:
-        found = self._restore(s, abstract_state, data_iterator)
+        found = self._restore(s, abstract_state, data_iterator, partial)
       except Exception as e:  # orbax/tensorstore raise many types for unreadable files
         failed.append((s, e))
         continue
@@ -181,8 +182,14 @@ class Checkpointer:
         + f"to start this run afresh, move them aside (nothing is deleted automatically): "
         f"mv {self.directory} {moved}")
 
-  def _restore(self, step, abstract_state, data_iterator):
-    items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
+  def _restore(self, step, abstract_state, data_iterator, partial=False):
+    if partial:  # only the top-level entries of `abstract_state` (e.g. no optimizer state)
+      restore_args = jax.tree.map(lambda x: ocp.ArrayRestoreArgs(
+          sharding=x.sharding, global_shape=x.shape, dtype=x.dtype), abstract_state)
+      state = ocp.args.PyTreeRestore(item=abstract_state, restore_args=restore_args, partial_restore=True)
+    else:
+      state = ocp.args.StandardRestore(abstract_state)
+    items = {"state": state, "meta": ocp.args.JsonRestore()}
     has_data = (epath.Path(self.directory) / str(step) / "data").exists()
     if data_iterator is not None and has_data:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
@@ -191,7 +198,11 @@ class Checkpointer:
                       self.directory, step)
     out = self.manager.restore(step, args=ocp.args.Composite(**items))
     meta = dict(out["meta"] or {})
-    verify(out["state"], meta.pop("checksums", None), f"{self.directory}/{step}")
+    saved = meta.pop("checksums", None)
+    if saved is not None and partial:  # the parts not read have nothing to verify
+      read = tuple(f"[{k!r}]" for k in abstract_state)
+      saved = {k: v for k, v in saved.items() if k.startswith(read)}
+    verify(out["state"], saved, f"{self.directory}/{step}")
     return step, out["state"], meta
 
   def _quarantine(self, step: int, error: Exception):

@@ -8,6 +8,7 @@ trainer's evaluators call these).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from ovs_jax import metrics
 from ovs_jax.cli import ConfigError
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.engine import evaluate_source
-from ovs_jax.inference.segmentation_model import (build_from_checkpoint, checkpoint_method,
+from ovs_jax.inference.segmentation_model import (checkpoint_method, open_checkpoint,
                                                   read_checkpoint_config, read_vocabulary)
 from ovs_jax.methods.maskclip import clip_from_spec, maskclip_model
 
@@ -170,7 +171,8 @@ def model_factories(clips: list[str], checkpoints: list[str], names: list[str], 
     else:
       checkpoint_method(*read_checkpoint_config(spec))  # fail before any data is read
       default = Path(spec).name
-      factory = lambda v, spec=spec: build_from_checkpoint(spec, v, templates=templates,
-                                                           cache_dir=cache_dir, precision=precision)
+      opened = functools.cache(lambda spec=spec: open_checkpoint(  # restored once, on first use
+          spec, templates=templates, cache_dir=cache_dir, precision=precision))
+      factory = lambda v, opened=opened: opened()(v)
     out[names[i] if names else default] = factory
   return out

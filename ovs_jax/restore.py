@@ -95,12 +95,19 @@ def check_resume(workdir, config, allow=()) -> list[tuple[str, object, object]]:
   return changes
 
 
-def restore_workdir(workdir, step: int | None = None, mesh=None):
-  """-> (config, graphdef, state, step) with the newest (or given) checkpoint of `workdir`."""
+def restore_workdir(workdir, step: int | None = None, mesh=None, *, params_only: bool = False,
+                    dtype: str | None = None):
+  """-> (config, graphdef, state, step) with the newest (or given) checkpoint of `workdir`.
+
+  params_only: read the parameters (trained and frozen) but not the optimizer state, which is
+  about twice the trained parameters and inference never uses (the state then has no
+  "opt_state"). dtype: build the model computing in this dtype instead of `model.dtype`."""
   from ovs_jax.methods.registry import get_method
   from ovs_jax.train_step import init_train_state
   workdir = Path(workdir)
   config, architecture = run_config(workdir)
+  if dtype and config.get("model", {}).get("dtype", dtype) != dtype:
+    config.model.dtype = dtype
   try:
     method = get_method(config.get("method"))
   except ValueError as e:
@@ -110,9 +117,10 @@ def restore_workdir(workdir, step: int | None = None, mesh=None):
   ckpt_dir = workdir / "checkpoints"
   if not ckpt_dir.is_dir():
     raise CheckpointError(f"{workdir}: no checkpoints/ directory")
+  target = {k: v for k, v in ts.state.items() if not (params_only and k == "opt_state")}
   ckpt = Checkpointer(ckpt_dir, use_async=False)
   try:
-    found = ckpt.restore(ts.state, step=step)
+    found = ckpt.restore(target, step=step, partial=params_only)
   finally:
     ckpt.close()
   if found is None:

@@ -148,7 +148,7 @@ def test_bad_inputs_raise_clear_errors(tmp_path, clip_dir):
   cfg = InferenceConfig(short_side=32)
   with pytest.raises(ValueError, match="miou_convention='published': expected one of maft_plus"):
     ev.evaluate(factory, ["demo"], cfg, tmp_path, miou_convention="published")
-  with pytest.raises(ValueError, match="vocabulary has 2 classes but demo has 10"):
+  with pytest.raises(ValueError, match=r"has 2 classes but demo has \d+"):
     ev.evaluate(factory, ["demo"], cfg, tmp_path, vocabulary="cat; dog", max_images=8)
   # an image that cannot be read
   root = tmp_path / "data"

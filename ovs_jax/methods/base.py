@@ -109,7 +109,8 @@ class Method:
     each call builds that vocabulary's text classifier over the same weights (the web app, evaluate)."""
     from ovs_jax.restore import restore_workdir
     from ovs_jax.templates import get_templates
-    cfg, graphdef, state, step = restore_workdir(directory)
+    dtype = (config.get("model") or {}).get("dtype")  # the caller's precision (`inference_dtype`)
+    cfg, graphdef, state, step = restore_workdir(directory, params_only=True, dtype=dtype)
     train_vocab = self.training_vocabulary(cfg)  # seen classes only under the zero-shot protocol
     templates = templates or get_templates(cfg.clip.templates)
     return lambda vocabulary: self.segmentation_model(
