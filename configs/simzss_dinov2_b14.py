@@ -52,8 +52,14 @@ def get_config(arg: str = ""):
                 local_target="self",         # DESIGN: official self-labelling; "label": the paper's
                 # RELEASE: prototypes per GPU (its per-device batch); 0 = one global group
                 prototype_group=PER_DEVICE_BATCH)
-  c.data = dict(captions="coco", root="", crop_size=224, scale_range=(0.9, 1.0),  # DESIGN
-                concept_bank="", train_max_images=0, worker_count=4, skip_bad=False)
+  # RELEASE: img2dataset webdataset shards (README "Dataset preparation"; images centre-cropped to
+  # 512² at download), one sample per image–caption pair; RandomResizedCrop(224, 0.9–1.0, bicubic)
+  # straight from the stored image (src/open_clip/transform.py L16, L105-110), no centre-crop step.
+  # RELEASE concepts: its 573-name bank; spaCy's rule cached per shard by `python -m
+  # input_pipeline.caption_concepts extract` into concepts_dir, else the named fallback on the fly.
+  c.data = dict(captions="webdataset", shards="", concepts_dir="", root="", crop_size=224,
+                scale_range=(0.9, 1.0), interpolation="bicubic", concept_bank="simzss_release",
+                concept_extractor="bank-match", train_max_images=0, worker_count=4, skip_bad=False)
   c.evals = {name: dict(type="miou", dataset=ds, split="val", every=0, max_images=0, short_side=448,
                         max_size=2048, batch_size=0, miou_convention="maft_plus")
              for name, ds in BENCHMARKS}
@@ -75,7 +81,8 @@ def get_config(arg: str = ""):
     c.vision.update(tower="clip")
     c.clip.update(weights="demo", arch="tiny")
     c.model.update(text_width=64, text_layers=2, text_heads=2)
-    c.data.update(captions="demo", worker_count=0)
+    # The demo scenes' classes (sun, moon, star, ...) are not all release-bank names: our bank.
+    c.data.update(captions="demo", worker_count=0, concept_bank="", concept_extractor="match")
     c.evals = dict(val=dict(type="miou", dataset="demo", split="val", every=0, max_images=64,
                             short_side=224, max_size=2048, batch_size=8, miou_convention="maft_plus"))
     steps = 300

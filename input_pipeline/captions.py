@@ -159,28 +159,58 @@ def _matcher(bank_path: str | None):
   return ConceptMatcher(load_bank(bank_path))
 
 
+@functools.cache
+def _bank_match(bank_path: str | None):
+  from input_pipeline.caption_concepts import BankMatch  # pylint: disable=g-import-not-at-top
+  from input_pipeline.concepts import load_bank  # pylint: disable=g-import-not-at-top
+  return BankMatch(load_bank(bank_path))
+
+
+EXTRACTORS = ("match", "bank-match")
+
+
+def concept_arrays(found, max_concepts: int = 32) -> dict[str, np.ndarray]:
+  """[(id, start, end), ...] -> concept_ids / concept_starts / concept_ends (C,) int32 (-1 / 0)."""
+  out = np.zeros((3, max_concepts), np.int32)
+  out[0] = -1
+  for k, m in enumerate(list(found)[:max_concepts]):
+    out[:, k] = m
+  return {"concept_ids": out[0], "concept_starts": out[1], "concept_ends": out[2]}
+
+
 class CaptionTokens(grain.transforms.RandomMap):
   """{captions, ...} -> one caption drawn at random as `text_ids` (L,) int32 (SOT, BPE, EOT, 0s)
-  and its concepts `concept_ids`/`concept_starts`/`concept_ends` (32,) int32 (-1 / 0 where none).
-  The matcher is built on first use in each process (grain workers included)."""
+  and its concepts `concept_ids`/`concept_starts`/`concept_ends` (32,) int32 (-1 / 0 where none):
+  a record's cached `concepts` (n, 3) [id, start, end] (`input_pipeline.caption_concepts`, one
+  caption per record), else `extractor` on the fly: "match" (bank phrases anywhere) or
+  "bank-match" (the release rule's named fallback). Built on first use in each process."""
 
-  def __init__(self, bank_path: str | None = None, context_length: int = 77):
-    self.bank_path, self.context_length = bank_path, context_length
+  def __init__(self, bank_path: str | None = None, context_length: int = 77, extractor: str = "match"):
+    if extractor not in EXTRACTORS:
+      raise ValueError(f"concept extractor {extractor!r}: expected one of {EXTRACTORS}")
+    self.bank_path, self.context_length, self.extractor = bank_path, context_length, extractor
 
   def random_map(self, el, rng):
     from ovs_jax.tokenizer import tokenize  # pylint: disable=g-import-not-at-top  (numpy only)
     caption = el["captions"][int(rng.integers(len(el["captions"])))]
     ids = tokenize(caption, self.context_length)
-    spans = _matcher(self.bank_path)(ids)
-    out = {k: v[0] for k, v in spans.items()}
+    if "concepts" in el:
+      out = concept_arrays(el["concepts"])
+    elif self.extractor == "bank-match":
+      out = concept_arrays(_bank_match(self.bank_path)(caption, ids[0]))
+    else:
+      out = {k: v[0] for k, v in _matcher(self.bank_path)(ids).items()}
     return dict(el, text_ids=ids[0], **out)
 
 
 def caption_transforms(crop_size: int = 224, scale_range=(0.9, 1.0), bank_path: str | None = None,
-                       context_length: int = 77) -> list:
-  """SimZSS's training map: crop, CLIP normalisation, a caption and its concepts; KEYS only."""
-  return [T.RandomResizedCrop((crop_size, crop_size), tuple(scale_range)), T.Normalize(),
-          CaptionTokens(bank_path, context_length), T.SelectKeys(KEYS)]
+                       context_length: int = 77, interpolation: str = "bicubic",
+                       extractor: str = "match") -> list:
+  """SimZSS's training map: crop (the release's RandomResizedCrop(224, (0.9, 1.0), BICUBIC),
+  src/open_clip/transform.py L16, L105-110), CLIP normalisation, a caption and its concepts."""
+  return [T.RandomResizedCrop((crop_size, crop_size), tuple(scale_range), interpolation=interpolation),
+          T.Normalize(),
+          CaptionTokens(bank_path, context_length, extractor), T.SelectKeys(KEYS)]
 
 
 def main(argv=None) -> int:

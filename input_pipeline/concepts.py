@@ -26,6 +26,11 @@ from input_pipeline import vocab as vocab_lib
 from ovs_jax import tokenizer as tokenizer_lib
 
 BANK_FILE = "concept_bank.txt"
+# The release's 573 names (tileb1/simzss @2142ac5, class_names/7_dataset_eval_merged.txt), ids in
+# its order; `concept_bank="simzss_release"` (the recipe) names it. Our stoplist is not applied to
+# it: the release keeps "light", "watch", ... and its spaCy rule decides by part of speech.
+RELEASE_BANK = "simzss_release"
+SHIPPED = {"": BANK_FILE, "ours": BANK_FILE, RELEASE_BANK: "simzss_release_bank.txt"}
 BACKGROUND = "background"
 MAX_CONCEPTS = 32        # per caption (SimZSS)
 MAX_CONCEPT_TOKENS = 15  # per concept phrase (SimZSS)
@@ -128,7 +133,7 @@ def _token_runs(phrases: list[str]) -> list[tuple[int, ...]]:
           for row in tokenizer_lib.tokenize(phrases, context_length=tokenizer_lib.CONTEXT_LENGTH)]
 
 
-def parse_bank(text: str, where: str = BANK_FILE) -> list[str]:
+def parse_bank(text: str, where: str = BANK_FILE, stoplist: bool = True) -> list[str]:
   """Validates a bank file's text: ids 0, 1, 2, ... in order; each name non-empty, already
   clean, unique, tokenised to at most MAX_CONCEPT_TOKENS ids; "background" present; the
   '# count:' header, when given, equal to the number of names."""
@@ -144,7 +149,7 @@ def parse_bank(text: str, where: str = BANK_FILE) -> list[str]:
     file_id, sep, name = line.partition(":")
     if not sep or not file_id.isdigit() or int(file_id) != len(names):
       raise ConceptBankError(f"{where}:{n}: expected '{len(names)}:<name>', got {line!r}")
-    if clean_name(name) != name:
+    if (clean_name(name) if stoplist else " ".join(name.lower().split())) != name:
       raise ConceptBankError(f"{where}:{n}: {name!r} is not a clean concept name (lower case, "
                              "single inner spaces, not in the stoplist); rebuild the bank")
     names.append(name)
@@ -153,7 +158,7 @@ def parse_bank(text: str, where: str = BANK_FILE) -> list[str]:
     if name in seen:
       raise ConceptBankError(f"{where}: {name!r} is concept {seen[name]} and {i}; names must be unique")
     seen[name] = i
-  if BACKGROUND not in seen:
+  if stoplist and BACKGROUND not in seen:
     raise ConceptBankError(f"{where}: no {BACKGROUND!r} concept")
   if count is not None and count != len(names):
     raise ConceptBankError(f"{where}: the header says {count} concepts but the file lists {len(names)}")
@@ -163,8 +168,8 @@ def parse_bank(text: str, where: str = BANK_FILE) -> list[str]:
   return names
 
 
-def shipped_bank_path() -> str:
-  return str(importlib.resources.files(vocab_lib).joinpath(BANK_FILE))
+def shipped_bank_path(name: str = "") -> str:
+  return str(importlib.resources.files(vocab_lib).joinpath(SHIPPED[name]))
 
 
 @functools.cache
@@ -174,12 +179,14 @@ def _load(path: str) -> tuple[str, ...]:
       text = f.read()
   except OSError as e:
     raise ConceptBankError(f"{path}: cannot read the concept bank ({e.strerror})") from None
-  return tuple(parse_bank(text, path))
+  release = os.path.basename(path) == SHIPPED[RELEASE_BANK]
+  return tuple(parse_bank(text, path, stoplist=not release))
 
 
 def load_bank(path: str | None = None) -> list[str]:
-  """The concept names (concept id = index), validated; the shipped bank by default."""
-  return list(_load(path or shipped_bank_path()))
+  """The concept names (concept id = index), validated: a file, or a shipped bank by name (SHIPPED:
+  "" or "ours" ours, "simzss_release" the release's)."""
+  return list(_load(shipped_bank_path(path or "") if (path or "") in SHIPPED else path))
 
 
 def surface_forms(bank: list[str]) -> dict[str, int]:

@@ -63,10 +63,12 @@ class RandomResize(grain.transforms.RandomMap):
 class RandomResizedCrop(grain.transforms.RandomMap):
   """torchvision's RandomResizedCrop (CLIP-style training, SimZSS): a box of `scale` × the image
   area and aspect ratio in `ratio` (log-uniform), 10 tries, else the whole image centre-cropped to
-  the nearest allowed ratio; resized bilinearly to `size` (H, W). Images only (no dense maps)."""
+  the nearest allowed ratio; resized to `size` (H, W) with PIL's `interpolation` ("bilinear" or
+  "bicubic", antialiased as torchvision on PIL images). Images only (no dense maps)."""
 
-  def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+  def __init__(self, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = "bilinear"):
     self.size, self.scale, self.ratio = tuple(size), tuple(scale), tuple(ratio)
+    self.resample = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}[interpolation]
 
   def box(self, h, w, rng) -> tuple[int, int, int, int]:
     """(top, left, height, width) of the crop, as torchvision's `get_params`."""
@@ -88,7 +90,7 @@ class RandomResizedCrop(grain.transforms.RandomMap):
 
   def random_map(self, el, rng):
     top, left, ch, cw = self.box(*el["image"].shape[:2], rng)
-    image = Image.fromarray(el["image"]).resize((self.size[1], self.size[0]), Image.BILINEAR,
+    image = Image.fromarray(el["image"]).resize((self.size[1], self.size[0]), self.resample,
                                                 box=(left, top, left + cw, top + ch))
     return dict(el, image=np.asarray(image))
 

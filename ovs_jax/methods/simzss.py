@@ -268,7 +268,14 @@ class SimZSSMethod(Method):
     from input_pipeline.captions import caption_source
     from ovs_jax.inference.engine import FirstRecords
     d = config.data
-    src = caption_source(d.captions, "train", root=d.root or None, skip_bad=d.skip_bad)
+    if d.captions == "webdataset":  # the release's format: img2dataset shards, local or remote
+      from input_pipeline.webdataset import WebDatasetSource
+      if not d.get("shards"):
+        raise ValueError("config.data.shards is not set: give the img2dataset webdataset shards, e.g. "
+                         "--config.data.shards='gs://bucket/mscoco/{00000..00295}.tar' (docs/simzss.md)")
+      src = WebDatasetSource(d.shards, skip_bad=d.skip_bad, concepts_dir=d.get("concepts_dir") or None)
+    else:
+      src = caption_source(d.captions, "train", root=d.root or None, skip_bad=d.skip_bad)
     return FirstRecords(src, d.train_max_images) if d.get("train_max_images") else src
 
   def training_vocabulary(self, config):
@@ -281,7 +288,9 @@ class SimZSSMethod(Method):
     from input_pipeline.mappers import Mapper
     from ovs_jax import sharding
     d = config.data
-    ops = caption_transforms(d.crop_size, tuple(d.scale_range), d.get("concept_bank") or None)
+    ops = caption_transforms(d.crop_size, tuple(d.scale_range), d.get("concept_bank") or None,
+                             interpolation=d.get("interpolation", "bicubic"),
+                             extractor=d.get("concept_extractor", "match"))
     it = iter(loader.make_train_loader(source, config.train.batch_size, Mapper(ops), seed=config.seed,
                                        worker_count=d.worker_count))
     return DevicePrefetcher(it, sharding.batch_sharding(mesh))
