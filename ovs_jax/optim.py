@@ -5,7 +5,9 @@ Groups are chosen by regexes over parameter paths ('clip/vision_model/encoder/la
 `lr_multipliers` is a list of (regex, multiplier), first match wins, default 1. Weight decay
 applies to every trainable parameter except normalisation layers (modules with a `scale`), those
 whose path matches `no_decay` (a regex) and, with `no_decay_1d`, every 0/1-d parameter (biases,
-scales, gains). Schedules (`schedule`): 'poly' (to 0 with `poly_power`), 'cosine' (to 0),
+scales, gains). `optimizer`: 'adamw' (default) or 'sgd' (momentum `momentum`, L2 weight decay added
+to the gradient as torch.optim.SGD, mmseg's). Schedules (`schedule`): 'poly' (to `min_lr`, default
+0, with `poly_power`: mmseg's (lr - min_lr)(1 - t/T)^p + min_lr), 'cosine' (to 0),
 'step' (× `decay_factor` at each of `decay_steps`); each after `warmup_steps` of linear warmup.
 Frozen parameters never reach the optimizer (see `trainable_filter`).
 """
@@ -43,7 +45,7 @@ def lr_schedule(c, base_lr, total_steps) -> optax.Schedule:
     raise ValueError(f"config.optim.schedule={kind!r}: expected one of {SCHEDULES}")
   rest = max(1, total_steps - warmup)
   if kind == "poly":
-    main = optax.polynomial_schedule(base_lr, 0.0, c.get("poly_power", 0.9), rest)
+    main = optax.polynomial_schedule(base_lr, c.get("min_lr", 0.0), c.get("poly_power", 0.9), rest)
   elif kind == "cosine":
     main = optax.cosine_decay_schedule(base_lr, rest)
   else:  # boundaries count from step 0, as detectron2's / GKC's SOLVER.STEPS
@@ -57,6 +59,8 @@ def lr_schedule(c, base_lr, total_steps) -> optax.Schedule:
 def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransformation:
   """AdamW over `params` (an nnx.State of trainable parameters)."""
   c = optim_config
+  if c.get("optimizer", "adamw") not in ("adamw", "sgd"):
+    raise ValueError(f"config.optim.optimizer={c.optimizer!r}: expected 'adamw' or 'sgd'")
   multipliers = [(re.compile(p), float(m)) for p, m in c.get("lr_multipliers", [])]
 
   def group(path, _):
@@ -74,6 +78,9 @@ def make_optimizer(optim_config, total_steps, params) -> optax.GradientTransform
   decay_mask = jax.tree_util.tree_map_with_path(decays, params)
 
   def adamw(mult):
+    if c.get("optimizer", "adamw") == "sgd":
+      return optax.chain(optax.add_decayed_weights(c.weight_decay, decay_mask),
+                         optax.sgd(lr_schedule(c, c.lr * mult, total_steps), momentum=c.momentum))
     return optax.adamw(lr_schedule(c, c.lr * mult, total_steps), b1=c.b1, b2=c.b2, eps=c.eps,
                        weight_decay=c.weight_decay, mask=decay_mask)
   groups = {label: adamw(float(label[1:])) for label in set(jax.tree.leaves(labels))}

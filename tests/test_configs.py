@@ -19,7 +19,9 @@ VARIANTS = {"maft_plus_vitb.py": ["", "demo", "panoptic", "demo,panoptic"], "cdt
             # The ConvNeXt recipes share the ViT recipe's variants; their full-size builds are the slow part.
             "maft_plus_convnext_b.py": ["", "demo"], "maft_plus_convnext_l.py": [""],
             "gkc_r50.py": ["", "demo"], "gkc_vitb.py": ["", "demo", "demo,zero_shot"],
-            "mvp_seg_vitb16.py": ["", "demo", "voc", "context"], "simzss_dinov2_b14.py": ["", "demo"]}
+            "mvp_seg_vitb16.py": ["", "demo", "voc", "context"], "simzss_dinov2_b14.py": ["", "demo"],
+            "maskclip_plus_r101.py": ["", "demo", "voc", "context"],
+            "mvp_seg_plus_vitb16.py": ["", "demo", "context"]}
 
 
 def _recipes():
@@ -37,6 +39,8 @@ def test_recipe_model_and_loss_build_under_eval_shape(path, arg):
   config = recipe_config(path, arg)
   assert config.method in method_names()
   config.clip.weights = "random"  # shapes only; nothing is downloaded or pre-trained
+  if "checkpoint" in config.get("teacher", {}):  # MVP-SEG+'s trained teacher: an untrained one
+    config.teacher.checkpoint = "random"
   if "vision" in config:  # a method's own image tower (SimZSS's DINOv2)
     config.vision.weights = "random"
   method = get_method(config.method)

@@ -128,6 +128,14 @@ def prompt_context(model: MVPSeg, vocabulary):
   return jnp.asarray(ids), jnp.asarray(eot), jnp.asarray(index)
 
 
+def class_names_only(vocabulary, config):
+  """One name per class (the dataset's; the paper's protocol) unless `config.data.class_synonyms`
+  (e.g. FC-CLIP's multi-name files, which raise unseen mIoU with hand-picked names)."""
+  if config.get("data", {}).get("class_synonyms", True):
+    return vocabulary
+  return [names[:1] for names in vocabulary]
+
+
 def text_features(graphdef, states, ids, eot, chunk: int = 256):
   """(k+1, S, P) for a whole vocabulary, in fixed-size jitted chunks (one compile)."""
   fn = jax.jit(lambda states, i, e: nnx.merge(graphdef, *states).text_features(i, e))
@@ -150,6 +158,18 @@ class MVPSegMethod(Method):
     from ovs_jax.models import clip_family
     return {"clip": clip_family.to_record(model.clip.config)}
 
+  def training_vocabulary(self, config):
+    return class_names_only(super().training_vocabulary(config), config)
+
+  def train_mapper(self, config, source):
+    """`data.train_mapper="mmseg"`: MaskCLIP+'s mmseg pipeline (`input_pipeline/mmseg_pipeline.py`)."""
+    d = config.data
+    if d.get("train_mapper") != "mmseg":
+      return super().train_mapper(config, source)
+    from input_pipeline.mmseg_pipeline import mmseg_train
+    return mmseg_train(source, tuple(d.img_scale), tuple(d.ratio_range), (d.crop_size, d.crop_size),
+                       d.cat_max_ratio, d.photometric, num_masks=d.num_masks, with_masks=False)
+
   def train_context(self, model, config, vocabulary, templates, cache_dir):
     return prompt_context(model, vocabulary)
 
@@ -166,6 +186,7 @@ class MVPSegMethod(Method):
     """m = m_f·g over `vocabulary`; the prompts' text features are computed once."""
     from ovs_jax.inference.segmentation_model import SegmentationModel
     del templates, cache_dir, train_vocabulary  # learned prompts replace the templates
+    vocabulary = class_names_only(vocabulary, config)
     model = nnx.merge(graphdef, *states)
     ids, eot, index = prompt_context(model, vocabulary)
     text = text_features(graphdef, states, ids, eot)

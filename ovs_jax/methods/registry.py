@@ -12,7 +12,9 @@ METHODS = {
     "gkc": "ovs_jax.methods.gkc",
     "maft_plus": "ovs_jax.methods.maft_plus",
     "maskclip": "ovs_jax.methods.maskclip",
+    "maskclip_plus": "ovs_jax.methods.maskclip_plus",
     "mvp_seg": "ovs_jax.methods.mvp_seg",
+    "mvp_seg_plus": "ovs_jax.methods.mvp_seg_plus",
     "simzss": "ovs_jax.methods.simzss",
 }
 
