@@ -23,7 +23,7 @@ def matcher(bank):
 
 
 def test_shipped_bank_is_pinned_and_current(bank):
-  assert len(bank) == 1475 and bank[0] == "background"
+  assert len(bank) == 1501 and bank[0] == "background"
   assert bank == concepts.build_bank()  # the file is what the tool builds today
   assert all(n == concepts.clean_name(n) for n in bank)
   assert {"wall", "traffic light", "person", "t-shirt", "sky"} <= set(bank)
@@ -183,7 +183,7 @@ def test_demo_captions_mention_only_present_classes(matcher):
     captions = demo.scene_captions(0, "train", i, image, label)
     assert len(captions) == demo.CAPTIONS_PER_IMAGE and captions == demo.scene_captions(
         0, "train", i, image, label)
-    present = {c for c in range(10) if (label == c).mean() >= demo.MIN_FRACTION}
+    present = {c for c in range(demo.NUM_CLASSES) if (label == c).mean() >= demo.MIN_FRACTION}
     mentioned = []
     for caption in captions:
       found = matcher.find(tokenize(caption)[0])
@@ -195,18 +195,19 @@ def test_demo_captions_mention_only_present_classes(matcher):
   assert other != captions
 
 
-def test_demo_ball_colour_is_read_from_the_pixels():
+def test_demo_paint_is_read_from_the_pixels():
+  """A painted thing's colour in the captions is the paint the painter drew (shading included)."""
   hw = (64, 64)
-  for k, paint in enumerate(demo._BALL_PAINTS):
-    seed = next(s for s in range(100) if np.random.default_rng(s).integers(4) == k)
-    image = np.full(hw + (3,), [60, 140, 45], np.float32)
-    label = np.full(hw, demo.GRASS, np.uint8)
-    demo._object(demo.BALL, np.random.default_rng(seed), hw, 50, 32, 2.0, image, label)
-    image = image.astype(np.uint8)
-    assert demo._things(image, label)[demo.BALL]["colour"] == paint
-    captions = demo.caption_scene(image, label, np.random.default_rng(0))
-    assert not any(f"{other} ball" in c or f"{other} sphere" in c
-                   for c in captions for other in demo._BALL_PAINTS if other != paint)
+  for thing in (demo.BALL, demo.CAR, demo.UMBRELLA):
+    for k, paint in enumerate(demo.PAINTS):
+      seed = next(s for s in range(100) if np.random.default_rng(s).integers(len(demo.PAINTS)) == k)
+      image = np.full(hw + (3,), [60, 140, 45], np.float32)
+      label = np.full(hw, demo.GRASS, np.uint8)
+      demo.paint_object(thing, np.random.default_rng(seed), hw, 60, 32, 1.5, image, label)
+      image = image.astype(np.uint8)
+      assert demo._things(image, label)[thing]["colour"] == paint, (thing, paint)
+      captions = demo.caption_scene(image, label, np.random.default_rng(0))
+      assert not any(f"{other} " in c for c in captions for other in demo.PAINTS if other != paint)
 
 
 def test_demo_coco_captions_layout(tmp_path):

@@ -114,7 +114,7 @@ def test_export_directory_layout(demo):
                                             "text_classifier.safetensors"}
   meta = json.loads((out / "config.json").read_text())
   assert meta["format"] == "ovs_jax.maft_plus" and meta["step"] == 3 and meta["includes_teacher"]
-  assert len(meta["text_classifier"]["class_names"]) == 10
+  assert len(meta["text_classifier"]["class_names"]) == 30  # the demo's classes
   keys = json.loads((out / "key_map.json").read_text())["keys"]
   assert keys["head.predictor.layers.0.cross_attn.q_proj.weight"] == {
       "path": "head/predictor/layers/0/cross_attn/q_proj/kernel", "layout": "transpose", "shape": [64, 64]}
@@ -132,11 +132,11 @@ def test_torch_module_matches_jax_scores_and_hf_clip(demo):
   out = demo["out"]
   tmodel = MAFTPlusTorch.from_export(out).eval()
   text, index, names = load_text_classifier(out)
-  assert names[0] == "sky" and index.shape[0] == 10
+  assert names[0] == "sky" and index.shape[0] == 30
   pixels = np.random.default_rng(1).normal(size=(2, 64, 96, 3)).astype(np.float32)
   ref, dense = jax_scores(demo["model"], pixels, jnp.asarray(text.numpy()), jnp.asarray(index.numpy()))
   got, tdense = torch_scores(tmodel, pixels, text, index)
-  assert got.shape == ref.shape == (2, 64, 96, 10)
+  assert got.shape == ref.shape == (2, 64, 96, 30)
   np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
   np.testing.assert_allclose(tdense, dense, atol=1e-4, rtol=0)
 

@@ -14,7 +14,7 @@ from input_pipeline import vocab
     ("coco_stuff_171", 171, "person", "wood"),
     ("coco_panoptic_133", 133, "person", "rug"),
     ("cityscapes_19", 19, "road", "bicycle"),
-    ("demo", 10, "sky", "sun"),
+    ("demo", 30, "sky", "umbrella"),
 ])
 def test_counts_and_order(name, count, first, last):
   v = vocab.load_vocabulary(name)

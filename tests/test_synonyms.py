@@ -13,7 +13,7 @@ from input_pipeline.synonyms import SynonymError
 
 # (classes, synonyms, most synonyms of a class): changes only with WordNet, the vocabularies or
 # hand_fixes.json, and then the README's table changes too.
-COUNTS = {"coco_panoptic_133": (133, 277, 10), "coco_stuff_171": (171, 365, 10), "demo": (10, 17, 3)}
+COUNTS = {"coco_panoptic_133": (133, 277, 10), "coco_stuff_171": (171, 365, 10), "demo": (30, 63, 6)}
 WORDNET = "/usr/share/wordnet"
 
 
@@ -61,8 +61,8 @@ def test_bad_files_name_the_file_and_class(tmp_path):
   good = [",".join(n) for n in synonyms.load_synonyms("demo").sets]
   assert synonyms.load_synonyms("demo", _write(tmp_path, good)).sets == synonyms.load_synonyms("demo").sets
   cases = [
-      (good[:-1], r"demo.txt: 9 entries for the 10 classes of demo; class 9 \('sun'\) has no entry"),
-      (good + ["moon"], r"11 entries for the 10 classes of demo; entry 10 \('moon'\) has no class"),
+      (good[:-1], r"demo.txt: 29 entries for the 30 classes of demo; class 29 \('umbrella'\) has no entry"),
+      (good + ["lantern"], r"31 entries for the 30 classes of demo; entry 30 \('lantern'\) has no class"),
       (["heaven,sky"] + good[1:], r"demo.txt: class 0 \('sky'\) starts with 'heaven'; expected its "
                                   r"cleaned name 'sky'"),
       (good[:6] + ["ball,,orb"] + good[7:], r"demo.txt: class 6 \('ball,,orb'\) has an empty name"),
