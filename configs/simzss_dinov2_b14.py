@@ -36,7 +36,10 @@ def get_config(arg: str = ""):
   c.method = "simzss"
   c.seed = 0
   # Frozen vision tower (DESIGN): timm vit_base_patch14_reg4_dinov2 = HF dinov2-with-registers-base.
-  c.vision = dict(tower="dinov2", arch="vit_base_patch14_reg4_dinov2", weights="", denoiser="")
+  # RELEASE: the DVT denoiser on (README command and args_coco.json `denoiser_type transformer`):
+  # its weights file is vision.denoiser (vit_base_patch14_reg4_dinov2.lvd142m.pth, README).
+  c.vision = dict(tower="dinov2", arch="vit_base_patch14_reg4_dinov2", weights="",
+                  denoiser_type="transformer", denoiser="")
   c.clip = dict(templates="vild")  # OURS: ViLD's templates for class names at inference
   c.model = dict(
       attention="auto",        # "auto", "xla", "chunked", "cudnn", "pallas" (ovs_jax/ops/attention.py)

@@ -141,6 +141,7 @@ RULES = {
     "model.ensemble_alpha": number(0, 1), "model.ensemble_beta": number(0, 1),
     # SimZSS
     "vision.tower": one_of("dinov2", "clip"),
+    "vision.denoiser_type": one_of("transformer", "none"),
     "model.text_init": one_of("random", "clip"),
     "model.class_embedding": one_of("eot", "concept"),
     "model.background_threshold": number(-1, 1, note="a cosine"),

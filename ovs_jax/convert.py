@@ -16,6 +16,12 @@
   python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=runs/maftp_b
   # ... and a ConvNeXt MAFT+ workdir -> the official layout (loads with strict=True)
   python -m ovs_jax.convert to-official --checkpoint=runs/maftp_b --out=maftp_b_finetuned.pth
+  # the official GKC checkpoints (CLIP ResNet students), both ways (docs/gkc.md)
+  python -m ovs_jax.convert from-official --method=gkc --src=gkc_r50.pth --workdir=runs/gkc_r50
+  python -m ovs_jax.convert to-official --method=gkc --checkpoint=runs/gkc_r50 --out=gkc_ours.pth
+  # a SimZSS release checkpoint (ViT-B/14, COCO or LAION) -> a workdir, and back
+  python -m ovs_jax.convert from-official --method=simzss --src=simzss_coco.pt --workdir=runs/simzss_coco
+  python -m ovs_jax.convert to-official --method=simzss --checkpoint=runs/simzss_coco --out=simzss.pt
   # an ImageNet ResNet (mmseg open-mmlab://resnet101_v1c or torchvision) for MaskCLIP+'s students
   python -m ovs_jax.convert resnet --src=resnet101_v1c-e67eebb6.pth --out=r101_v1c/
 
@@ -50,14 +56,16 @@ flags.DEFINE_bool("include_teacher", False, "to-torch: also export the frozen RC
 flags.DEFINE_bool("text_classifier", True, "to-torch: also write the training vocabulary's text classifier")
 flags.DEFINE_string("workdir", None, "from-torch/from-official: the new workdir (or --out)")
 flags.DEFINE_string("recipe", None, "from-official: recipe file name in configs/ (default: by CLIP width)")
+flags.DEFINE_enum("method", "maft_plus", ["maft_plus", "gkc", "simzss"],
+                  "from-official/to-official: whose official layout")
 
 COMMANDS = ("clip", "to-torch", "from-torch", "from-official", "to-official", "resnet")
 USAGE = """usage:
   python -m ovs_jax.convert clip --src=... --out=... [--to=hf|ours|openclip] [--arch=NAME|CONFIG]
   python -m ovs_jax.convert to-torch --checkpoint=WORKDIR[/STEP] --out=DIR [--dtype=float32|bfloat16]
   python -m ovs_jax.convert from-torch --src=DIR --workdir=NEW_WORKDIR
-  python -m ovs_jax.convert from-official --src=maftp_b.pth --workdir=NEW_WORKDIR [--recipe=FILE]
-  python -m ovs_jax.convert to-official --checkpoint=WORKDIR[/STEP] --out=maftp_ours.pth
+  python -m ovs_jax.convert from-official [--method=maft_plus|gkc] --src=FILE.pth --workdir=NEW_WORKDIR [--recipe=FILE]
+  python -m ovs_jax.convert to-official [--method=maft_plus|gkc] --checkpoint=WORKDIR[/STEP] --out=FILE.pth
   python -m ovs_jax.convert resnet --src=resnet101_v1c.pth --out=DIR"""
 
 
@@ -106,13 +114,23 @@ def main(argv):
       from ovs_jax.torch_export.checkpoint import from_torch
       print(f"wrote {from_torch(FLAGS.src, workdir)}")
     else:
-      from ovs_jax.torch_export.official import from_official
+      if FLAGS.method == "gkc":
+        from ovs_jax.torch_export.gkc_official import from_official
+      elif FLAGS.method == "simzss":
+        from ovs_jax.torch_export.simzss_official import from_official
+      else:
+        from ovs_jax.torch_export.official import from_official
       print(f"wrote {from_official(FLAGS.src, workdir, recipe=FLAGS.recipe)}")
     return
   if command == "to-official":
     if not FLAGS.checkpoint or not FLAGS.out:
       raise app.UsageError("to-official needs --checkpoint and --out\n" + USAGE)
-    from ovs_jax.torch_export.official import to_official
+    if FLAGS.method == "gkc":
+      from ovs_jax.torch_export.gkc_official import to_official
+    elif FLAGS.method == "simzss":
+      from ovs_jax.torch_export.simzss_official import to_official
+    else:
+      from ovs_jax.torch_export.official import to_official
     print(f"wrote {to_official(FLAGS.checkpoint, FLAGS.out)}")
     return
   if not FLAGS.src or not FLAGS.out:

@@ -274,6 +274,21 @@ def read_dinov2_source(path: str | Path, arch: str | None = None) -> tuple[Dinov
   return cfg, sd
 
 
+def read_dvt_file(path: str | Path) -> dict:
+  """DVT denoiser weights: the file the SimZSS README names (`vit_base_patch14_reg4_dinov2.lvd142m
+  .pth`, {"denoiser": {pos_embed, denoiser.*}, ...}; the release reads `torch.load(...)['denoiser']`,
+  src/open_clip/model.py L152-154), a bare state dict, or our export's directory."""
+  path = Path(path)
+  if path.is_dir():
+    return state_dict_io.read_state_dict(path / DVT_FILE)
+  if path.suffix in (".pth", ".pt", ".bin"):
+    import torch
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and isinstance(obj.get("denoiser"), dict):
+      return {k: v.float().numpy() for k, v in obj["denoiser"].items() if isinstance(v, torch.Tensor)}
+  return state_dict_io.read_state_dict(path)
+
+
 def load_dinov2(path: str | Path, *, arch: str | None = None, denoiser: str | Path | None = None,
                 **model_kw) -> Dinov2WithRegisters:
   """Our DINOv2-reg with the weights at `path` (HF directory or file, either naming; timm file or
@@ -285,8 +300,6 @@ def load_dinov2(path: str | Path, *, arch: str | None = None, denoiser: str | Pa
   model = dinov2.abstract_model(cfg, **model_kw)
   state = backbone_state(model, sd, source=str(path))
   if denoiser is not None:
-    d = Path(denoiser)
-    state.update(denoiser_state(model, state_dict_io.read_state_dict(d / DVT_FILE if d.is_dir() else d),
-                                source=str(denoiser)))
+    state.update(denoiser_state(model, read_dvt_file(denoiser), source=str(denoiser)))
   torch_state.import_state_dict(model, state)
   return model

@@ -212,18 +212,26 @@ def _vision_tower(config, record=None):
     from ovs_jax.models.clip_dense_tower import ClipDenseTower
     t = ClipDenseTower(clip_from_config(config, record and {"clip": record["clip"]}))
     return t, t.width
+  denoised = v.get("denoiser_type", "none") == "transformer"
+  if denoised and v.weights not in ("", "random") and not v.get("denoiser"):
+    raise ValueError("config.vision.denoiser_type='transformer' (the release's) needs the DVT weights: "
+                     "--config.vision.denoiser=/path/to/vit_base_patch14_reg4_dinov2.lvd142m.pth (the "
+                     "file the SimZSS README names, huggingface.co/jjiaweiyang/DVT voc_denoised/), or "
+                     "--config.vision.denoiser_type=none for the raw DINOv2 patches")
   if record:
     cfg = dinov2.Dinov2Config(**record["config"])
     t = dinov2.build(cfg, rngs=nnx.Rngs(config.seed), **kw)
   elif v.weights == "random":
-    t = dinov2.build(dinov2.get_preset(v.arch), rngs=nnx.Rngs(config.seed), **kw)
+    cfg = dataclasses.replace(dinov2.get_preset(v.arch), dvt_denoiser=denoised)
+    t = dinov2.build(cfg, rngs=nnx.Rngs(config.seed), **kw)
   elif not v.weights:
     raise ValueError("config.vision.weights is not set: give DINOv2-with-registers weights with "
                      "--config.vision.weights=PATH (an HF Dinov2WithRegisters directory, or a timm "
                      "vit_base_patch14_reg4_dinov2 file with --config.vision.arch; docs/backbones.md)")
   else:
     from ovs_jax.interchange.dinov2 import load_dinov2
-    t = load_dinov2(v.weights, arch=v.arch or None, denoiser=v.get("denoiser") or None, **kw)
+    t = load_dinov2(v.weights, arch=v.arch or None, denoiser=(v.get("denoiser") or None) if denoised else None,
+                    **kw)
   return t, t.config.hidden_size
 
 
