@@ -143,8 +143,9 @@ class Run:
         for label, z in (("", r), ("MaskCLIP baseline ", r.get("baseline", {}))):
           if "hIoU" in z:
             pct = lambda k: "–" if z[k] is None else f"{z[k]:.2f}"
+            setting = f"{z['setting']}; " if z.get("setting") else ""  # zero-shot setting
             tqdm.write(f"step {step}: {name} {label}mIoU seen {pct('mIoU_seen')}  unseen "
-                       f"{pct('mIoU_unseen')}  hIoU {pct('hIoU')}  (unseen: {', '.join(z['unseen_classes'])})")
+                       f"{pct('mIoU_unseen')}  hIoU {pct('hIoU')}  ({setting}unseen: {', '.join(z['unseen_classes'])})")
     return results
 
   # ---- the loop ----
