@@ -92,6 +92,7 @@ def from_official(src, workdir, *, recipe: str | None = None, step: int = 0) -> 
   config = imported_config(official, recipe)
   architecture = {"clip": clip_record(official)}
   return write_imported_workdir(workdir, config, architecture, step=step, source=str(src),
+                                precision="float32",  # the release evaluates without AMP
                                 load=lambda model: load_official(model, official, str(src)))
 
 
