@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from ovs_jax.heads.feature_pyramid import SimpleFeaturePyramid
+from ovs_jax.heads.gkc_pyramid import GKCPyramid
 from ovs_jax.heads.mask_former import MaskFormerHead
 from ovs_jax.layers import linear, param
 from ovs_jax.losses import gkc_distillation as kd
@@ -175,8 +176,17 @@ class GKC(nnx.Module):
           or self.blocks[0] < 1 or self.blocks[-1] > depth):
         raise ValueError(f"config.model.pyramid_blocks={tuple(c.pyramid_blocks)}: expected 4 "
                          f"increasing block numbers in 1..{depth} (the ViT's depth)")
-      self.pyramid = SimpleFeaturePyramid(clip.config.vision.hidden_size, c.hidden_dim, **kw)
-      channels = SimpleFeaturePyramid.channels(c.hidden_dim)
+      width = clip.config.vision.hidden_size
+      kind = c.get("pyramid", "release")
+      if kind == "release":  # clip_models.py:526-545 (heads/gkc_pyramid.py)
+        self.pyramid = GKCPyramid(width, **kw)
+        channels = self.pyramid.channels()
+      elif kind == "vitdet":  # ViTDet's (MAFT+'s ViT) pyramid, to hidden_dim channels
+        self.pyramid = SimpleFeaturePyramid(width, c.hidden_dim, **kw)
+        channels = SimpleFeaturePyramid.channels(c.hidden_dim)
+      else:
+        raise ValueError(f"config.model.pyramid={kind!r}: expected 'release' (GKC's ViT pyramid) "
+                         "or 'vitdet'")
     self.head = MaskFormerHead(channels, num_queries=c.num_queries, hidden_dim=c.hidden_dim,
                                mask_dim=c.hidden_dim, enc_layers=c.enc_layers,
                                enc_ffn_dim=c.enc_ffn_dim, dec_layers=c.dec_layers,
