@@ -63,8 +63,10 @@ def get_config(arg: str = ""):
   c.data = dict(captions="webdataset", shards="", concepts_dir="", root="", crop_size=224,
                 scale_range=(0.9, 1.0), interpolation="bicubic", concept_bank="simzss_release",
                 concept_extractor="bank-match", train_max_images=0, worker_count=4, skip_bad=False)
+  # The paper's protocol (TCL/mmseg): short side 448, sliding 448² windows every 224 pixels.
   c.evals = {name: dict(type="miou", dataset=ds, split="val", every=0, max_images=0, short_side=448,
-                        max_size=2048, batch_size=0, miou_convention="maft_plus")
+                        max_size=2048, batch_size=0, miou_convention="maft_plus", mode="slide",
+                        window=448, stride=224)
              for name, ds in BENCHMARKS}
   # DESIGN: AdamW 3e-5, β (0.9, 0.98), eps 1e-6, wd 0.2 off gains/biases/scale; cosine, 10% warmup.
   steps, batch = STEPS, GLOBAL_BATCH

@@ -180,6 +180,8 @@ RULES = {
     "evals.*.short_side": integer(1), "evals.*.max_size": integer(1),
     "evals.*.batch_size": integer(0, note="0: one image per device"),
     "evals.*.num": integer(0),
+    "evals.*.mode": one_of("whole", "slide"),
+    "evals.*.window": integer(1), "evals.*.stride": integer(1),
     "optim.lr": number(0, lo_open=True),
     "optim.weight_decay": number(0),
     "optim.schedule": _schedules,

@@ -172,3 +172,19 @@ def test_text_tower_starts_as_openclip_initialises_it(scan):
   assert float(jnp.abs(a.q_proj.bias[...]).max()) == 0.0
   bias = np.asarray(m.fc1.bias[...])  # torch Linear's default: U(±1/sqrt(fan_in))
   assert bias.max() <= w ** -0.5 and close(float(bias.std()), w ** -0.5 / np.sqrt(3))
+
+
+def test_recipe_evaluators_slide_as_the_paper(run):
+  """The recipe's evaluators use sliding 448² windows every 224 (TCL/mmseg, the paper's protocol);
+  the miou evaluator's mode/window/stride reach the shared engine."""
+  from ovs_jax.evaluators.miou import MIoU
+  recipe = recipe_config("configs/simzss_dinov2_b14.py", "")
+  assert {(e.mode, e.window, e.stride, e.short_side) for e in recipe.evals.values()} == {("slide", 448, 224, 448)}
+  config, workdir, _ = run
+  model = build_from_checkpoint(workdir, load_vocabulary("demo"))
+  cfg = dict(config.evals.val, short_side=96, mode="slide", window=64, stride=32, max_images=8)
+  got = MIoU("val", cfg, config).score(model)
+  slide = InferenceConfig(mode="slide", short_side=96, max_size=cfg["max_size"], window=64, stride=32)
+  counts, n, _ = evaluate_source(model, demo_dataset("val"), slide, batch_size=8, max_images=8)
+  want = summarize(counts, model.class_names, n, cfg["miou_convention"])
+  np.testing.assert_allclose(got["mIoU"], want["mIoU"], rtol=1e-6)

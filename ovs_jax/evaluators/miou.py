@@ -8,8 +8,10 @@ from ovs_jax.evaluators.base import DatasetEvaluator
 
 class MIoU(DatasetEvaluator):
   # Test protocol (detectron2 MIN/MAX_SIZE_TEST); batch_size 0 = one image per device.
+  # mode "slide": window × window crops every `stride` pixels (TCL/mmseg's protocol, SimZSS's).
   extra = {"short_side": 800, "max_size": 1333, "batch_size": 0,
-           "miou_convention": metrics.DEFAULT_MIOU_CONVENTION}
+           "miou_convention": metrics.DEFAULT_MIOU_CONVENTION, "mode": "whole", "window": 448,
+           "stride": 224}
 
   def __init__(self, name, cfg, run_config):
     super().__init__(name, cfg, run_config)
@@ -23,7 +25,8 @@ class MIoU(DatasetEvaluator):
     from ovs_jax.inference.engine import data_mesh, evaluate_source
     o = self.options
     mesh = data_mesh()
-    cfg = InferenceConfig(short_side=o["short_side"], max_size=o["max_size"])
+    cfg = InferenceConfig(mode=o["mode"], short_side=o["short_side"], max_size=o["max_size"],
+                          window=o["window"], stride=o["stride"])
     counts, n, skipped = evaluate_source(model, self.source, cfg,
                                          batch_size=o["batch_size"] or mesh.size, mesh=mesh,
                                          max_images=self.max_images or None,
