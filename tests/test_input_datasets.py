@@ -9,7 +9,7 @@ SEMANTIC = ["ade20k_150", "ade20k_847", "pc_59", "pc_459", "voc_20", "voc_21", "
             "cityscapes_19", "demo"]
 COUNTS = {"ade20k_150": 150, "ade20k_847": 847, "pc_59": 59, "pc_459": 459, "voc_20": 20,
           "voc_21": 21, "coco_stuff_171": 171, "coco_panoptic_133": 133, "cityscapes_19": 19,
-          "demo": 10}
+          "demo": 30}
 
 
 @pytest.mark.parametrize("name", SEMANTIC)

@@ -120,7 +120,8 @@ def test_demo_dataset_and_demo_clip_caches_heal(tmp_path, caplog, monkeypatch):
   assert f"{image} is damaged" in caplog.text
   # The demo CLIP cache is a built-once entry too (stand-in builder: no pre-training here).
   monkeypatch.setattr(demo, "demo_root", lambda cache_dir=None: root)
-  monkeypatch.setattr(demo_clip, "_build", lambda out, data, arch, seed, steps: _builder([])(out))
+  monkeypatch.setattr(demo_clip, "_build",
+                      lambda out, data, arch, seed, steps, cache_dir: _builder([])(out))
   path = demo_clip.demo_clip_dir(str(tmp_path), steps=1)
   os.remove(os.path.join(path, "sub", "b.npy"))
   assert demo_clip.demo_clip_dir(str(tmp_path), steps=1) == path and cached.problem(path) is None
