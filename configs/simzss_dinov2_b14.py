@@ -20,7 +20,7 @@ from ovs_jax.methods.simzss import FROZEN
 PER_DEVICE_BATCH, DEVICES = 512, 8
 GLOBAL_BATCH = PER_DEVICE_BATCH * DEVICES                  # 4096
 # RELEASE: an "epoch" is `train_num_samples` 400k image–caption pairs, 10 epochs; its loader rounds
-# each epoch up to whole global batches (src/training/data.py L512-517: ceil(400000 / 4096) = 98).
+# each epoch up to whole global batches (src/training/data.py L488-497: ceil(400000 / 4096) = 98).
 TRAIN_NUM_SAMPLES, EPOCHS = 400_000, 10
 STEPS = EPOCHS * -(-TRAIN_NUM_SAMPLES // GLOBAL_BATCH)     # 980 steps = 4.01 M samples
 
