@@ -78,3 +78,42 @@ def test_gkc_vit_builds_the_release_pyramid_by_default():
   config.model.pyramid = "vitdet"
   model = nnx.eval_shape(lambda: METHOD.build_model(config))
   assert not isinstance(model.pyramid, GKCPyramid)
+
+
+def test_drop_path_scales_follow_timm_droppath_with_linear_rates():
+  import jax
+  from ovs_jax.models.clip import drop_path_scales
+  keep = np.asarray(drop_path_scales(jax.random.key(0), 12, 20000, 0.1))
+  assert keep.shape == (12, 2, 20000)
+  rates = np.linspace(0, 0.1, 12)  # clip_models.py:410, torch.linspace(0, rate, layers)
+  for layer, p in enumerate(rates):
+    kept = keep[layer][keep[layer] > 0]
+    np.testing.assert_allclose(kept, 1 / (1 - p), rtol=1e-6)
+    assert abs((keep[layer] > 0).mean() - (1 - p)) < 0.01, layer  # each branch drawn on its own
+  assert np.all(keep[0] == 1)
+  assert (keep[-1, 0] != keep[-1, 1]).any()
+
+
+def test_vit_block_features_apply_drop_path_to_each_branch():
+  import jax
+  from ovs_jax.models import clip_family
+  from ovs_jax.models.clip import drop_path_scales
+  clip = clip_family.build_clip(clip_family.get_arch("tiny"), rngs=nnx.Rngs(0))
+  tower = clip.vision_model
+  pixels = jnp.asarray(np.random.default_rng(0).standard_normal((3, 32, 48, 3)), jnp.float32)
+  rng = jax.random.key(3)
+  got = tower.block_features(pixels, (2, 4), rng, 0.5)
+  keep = drop_path_scales(rng, len(tower.encoder.layers), 3, 0.5)
+  x, (h, w) = tower.embeddings(pixels)
+  x = tower.pre_layrnorm(x)
+  want = []
+  for i, layer in enumerate(tower.encoder.layers):
+    a = layer.layer_norm1(x)
+    x = x + keep[i, 0][:, None, None] * layer.self_attn(a, a, a)
+    x = x + keep[i, 1][:, None, None] * layer.mlp(layer.layer_norm2(x))
+    if i + 1 in (2, 4):
+      want.append(x[:, 1:].reshape(3, h, w, -1))
+  for g, wt in zip(got, want):
+    np.testing.assert_allclose(g, wt, rtol=1e-5, atol=1e-5)
+  plain = tower.block_features(pixels, (2, 4))  # no rng: inference, every block whole
+  assert not np.allclose(plain[1], got[1])

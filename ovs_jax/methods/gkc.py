@@ -134,13 +134,13 @@ class Segmenter(nnx.Module):
         self.tower.post_layernorm = nnx.data(None)
       else:
         self.tower.attnpool = nnx.data(None)
-    self.blocks = model.blocks
+    self.blocks, self.drop_path = model.blocks, model.drop_path
     self.pyramid, self.head, self.class_path = model.pyramid, model.head, model.class_path
 
   def levels(self, pixels, rng=None):
     """(B, H, W, 3) -> {'res2'..'res5'} mask-head inputs (gradients reach the trunk)."""
     if self.vit:
-      return self.pyramid(self.tower.block_features(pixels, self.blocks))
+      return self.pyramid(self.tower.block_features(pixels, self.blocks, rng, self.drop_path))
     features = self.tower.features(pixels, rng)
     return {k: features[k] for k in ("res2", "res3", "res4", "res5")}
 
@@ -169,6 +169,8 @@ class GKC(nnx.Module):
     channels = clip.backbone_channels()
     self.pyramid = nnx.data(None)
     self.blocks = ()
+    # The ViT student's stochastic depth in training (VIT.DROP_PATH_RATE 0.1, config.py:168).
+    self.drop_path = float(c.get("drop_path", 0.1))
     if channels is None:  # ViT: blocks 4/6/8/12 -> strides 4/8/16/32 (GKC's ViT option)
       depth = clip.config.vision.num_hidden_layers
       self.blocks = tuple(int(b) for b in c.pyramid_blocks)

@@ -58,12 +58,23 @@ class EncoderLayer(nnx.Module):
     self.layer_norm2 = layer_norm(cfg.hidden_size, cfg.layer_norm_eps, rngs=rngs)
     self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
-  def __call__(self, x, *, causal: bool = False, maskclip: bool = False):
+  def __call__(self, x, *, causal: bool = False, maskclip: bool = False, keep=None):
+    """keep: optional (2, B) stochastic-depth scales of the attention and MLP branches
+    (`drop_path_scales`)."""
     h = self.layer_norm1(x)
     h = self.self_attn.value_path(h) if maskclip else self.self_attn(h, h, h, is_causal=causal)
-    x = x + h
+    x = x + (h if keep is None else h * keep[0, :, None, None].astype(h.dtype))
+    h = self.mlp(self.layer_norm2(x))
     # Block boundary: keep activations batch-sharded over data×fsdp (no-op without a mesh).
-    return constrain_batch(x + self.mlp(self.layer_norm2(x)))
+    return constrain_batch(x + (h if keep is None else h * keep[1, :, None, None].astype(h.dtype)))
+
+
+def drop_path_scales(rng, layers: int, batch: int, rate: float):
+  """(layers, 2, B) branch scales of timm's DropPath per block (attention, MLP: one draw each):
+  0, or 1/(1 − p_l) with probability 1 − p_l, p_l rising linearly from 0 to `rate` over the blocks
+  (GKC's ViT, clip_models.py:365-373, 393, 410)."""
+  keep_prob = 1.0 - jnp.linspace(0.0, rate, layers)[:, None, None]
+  return jax.random.bernoulli(rng, keep_prob, (layers, 2, batch)) / keep_prob
 
 
 class Encoder(nnx.Module):
@@ -105,14 +116,17 @@ class Encoder(nnx.Module):
     return block(nnx.merge(graphdef, jax.tree.map(lambda a: a[-1], state)), x, True)
 
 
-  def run_blocks(self, x, start: int, stop: int):
-    """(B, T, D) through layers [start, stop) (0-based), as `__call__` runs them."""
+  def run_blocks(self, x, start: int, stop: int, keep=None):
+    """(B, T, D) through layers [start, stop) (0-based), as `__call__` runs them; keep: optional
+    (stop − start, 2, B) stochastic-depth scales (unrolled layers without remat only)."""
+    if keep is not None and (self.scan or self.remat):
+      raise ValueError("stochastic depth (drop_path) runs with model.scan=False and model.remat=False")
     if not self.scan:
       layers = list(self.layers)[start:stop]
       if self.remat and layers:
         return remat_scan(layers, x)
-      for layer in layers:
-        x = layer(x)
+      for i, layer in enumerate(layers):
+        x = layer(x, keep=None if keep is None else keep[i])
       return x
     block = (lambda layer, h: layer(h))
     if self.remat:
@@ -166,14 +180,20 @@ class VisionTransformer(nnx.Module):
     x, (h, w) = self(pixels, maskclip=maskclip)
     return x[:, 1:].reshape(x.shape[0], h, w, -1)
 
-  def block_features(self, pixels, blocks):
+  def block_features(self, pixels, blocks, rng=None, drop_path: float = 0.0):
     """(B, H, W, 3) -> [(B, h, w, D)]: patch tokens after each of `blocks` (1-based, increasing;
-    e.g. 4, 6, 8, 12 for a 4-level pyramid), no layer past the last one run."""
+    e.g. 4, 6, 8, 12 for a 4-level pyramid), no layer past the last one run. With `rng` and
+    `drop_path` > 0 (training): stochastic depth over all the tower's blocks (`drop_path_scales`)."""
     x, (h, w) = self.embeddings(pixels)
     x = self.pre_layrnorm(x)
+    keep = None
+    if rng is not None and drop_path > 0:
+      if self.encoder.scan or self.encoder.remat:
+        raise ValueError("stochastic depth (drop_path) runs with model.scan=False and model.remat=False")
+      keep = drop_path_scales(rng, len(self.encoder.layers), x.shape[0], drop_path)
     out, start = [], 0
     for stop in blocks:
-      x = self.encoder.run_blocks(x, start, stop)
+      x = self.encoder.run_blocks(x, start, stop, None if keep is None else keep[start:stop])
       out.append(x[:, 1:].reshape(x.shape[0], h, w, -1))
       start = stop
     return out
