@@ -147,6 +147,8 @@ RULES = {
     "model.background_threshold": number(-1, 1, note="a cosine"),
     "model.init_temperature": number(0, lo_open=True),
     "loss.local_target": one_of("self", "label"),
+    "loss.prototype_group": integer(0, note="samples per prototype group (the release: its per-GPU "
+                                            "batch, 512); 0: the whole batch"),
     "loss.*_temperature": number(0, lo_open=True),
     "data.captions": one_of("coco", "demo", "webdataset"),
     "data.interpolation": one_of("bilinear", "bicubic"),
