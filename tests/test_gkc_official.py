@@ -4,7 +4,9 @@ tests/data/gkc/ (README.md there: how to regenerate) holds the official model's 
 sizes, `OpenSegMaskFormerDenseTextKDSyn`) and its outputs on two images; official_keys_rn50.tsv.gz
 lists every key/shape/dtype of the release's RN50 model. Checked here: the key table both ways
 (bit-identical round trip, exactly the official keys), our forward on the imported weights equal
-to the official one, and `convert from-official/to-official --method=gkc`. In development the
+to the official one, `convert from-official/to-official --method=gkc`, and each loss term of the
+release (class CE with its region-dropout draws, synonym CE on its per-image classifiers,
+text-guided KD on its crops, caption grounding) on the release's own matches. In development the
 oracle also loaded our export into the official model with strict=True (docs/gkc.md)."""
 import gzip
 import shutil
@@ -133,3 +135,104 @@ def test_an_unknown_key_is_named(official):
   sd = dict(official, **{"sem_seg_head.predictor.extra.weight": np.zeros(1, np.float32)})
   with pytest.raises(CheckpointError, match="sem_seg_head.predictor.extra.weight"):
     gkc_official.from_official(sd, "x.pth")
+
+
+# ---- loss terms on the release's own matches and region-dropout draws ----
+
+def _targets(z, b_count=2):
+  """Per image: the release's labels and synonym labels, split by num_targets."""
+  bounds = np.cumsum([0, *z["num_targets"]])
+  return ([z["labels"][a:e] for a, e in zip(bounds[:-1], bounds[1:])],
+          [z["syn_labels"][a:e] for a, e in zip(bounds[:-1], bounds[1:])])
+
+
+def _ce_targets(z, s, labels, void, draws):
+  """(B, Q) targets (void for unmatched) and (B, Q) dropped, as the release's loss_labels
+  (model 869-902): matched pairs in the matcher's order, dropped where the draw < 0.5."""
+  b, q = z[f"logits_{s}"].shape[:2]
+  target = np.full((b, q), void)
+  dropped = np.zeros((b, q), bool)
+  for img, src, tgt, d in zip(z[f"img_{s}"], z[f"src_{s}"], z[f"tgt_{s}"], draws):
+    target[img, src] = labels[img][tgt]
+    dropped[img, src] = d < 0.5
+  return jnp.asarray(target), jnp.asarray(dropped)
+
+
+def test_class_ce_with_region_dropout_equals_the_release(imported):
+  from ovs_jax.losses.mask_losses import classification_loss
+  z = np.load(DATA / "official_forward.npz")
+  labels, _ = _targets(z)
+  pixels = (z["image"].astype(np.float32) - z["pixel_mean"]) / z["pixel_std"]
+  sets = Segmenter(imported)(jnp.asarray(pixels, jnp.float32))
+  text = l2_normalize(jnp.asarray(z["text_plain"]))
+  for s in sets:
+    i = s["index"]
+    target, dropped = _ce_targets(z, i, labels, text.shape[0], z[f"drop_ce_{i}"])
+    logits = imported.class_path.logits(s["embedding"], text)
+    got = classification_loss(logits, target, 0.1, dropped)
+    np.testing.assert_allclose(got, z[f"ce_{i}"], rtol=1e-4)
+
+
+def test_synonym_ce_on_the_release_classifiers_equals_the_release(imported):
+  """Each image's own classifier (its synonym rows, zero-token padding included), the release's
+  synonym targets, its second region-dropout draws (model 834-866)."""
+  from ovs_jax.losses.mask_losses import classification_loss
+  z = np.load(DATA / "official_forward.npz")
+  _, syn = _targets(z)
+  pixels = (z["image"].astype(np.float32) - z["pixel_mean"]) / z["pixel_std"]
+  sets = Segmenter(imported)(jnp.asarray(pixels, jnp.float32))
+  per_image = l2_normalize(jnp.asarray(z["text_syn"]))  # (B, K, E)
+  k = per_image.shape[1]
+  for s in sets:
+    i = s["index"]
+    target, dropped = _ce_targets(z, i, syn, k, z[f"drop_syn_{i}"])
+    logits = jnp.stack([imported.class_path.logits(s["embedding"][b:b + 1], per_image[b])[0]
+                        for b in range(per_image.shape[0])])
+    got = classification_loss(logits, target, 0.1, dropped)
+    np.testing.assert_allclose(got, z[f"syn_{i}"], rtol=1e-4)
+
+
+def test_text_guided_kd_equals_the_release_on_its_crops(imported):
+  """Crops in the release's order (final set's matches); every set's student embedding of the
+  query it matched to the crop's target (model 568-656, `indice2main`), the release's teacher and
+  text embeddings, our kd_proj on the imported weights, `pairwise_kd` (model 925-952)."""
+  from ovs_jax.losses.gkc_distillation import pairwise_kd
+  z = np.load(DATA / "official_forward.npz")
+  pixels = (z["image"].astype(np.float32) - z["pixel_mean"]) / z["pixel_std"]
+  sets = Segmenter(imported)(jnp.asarray(pixels, jnp.float32))
+  last = len(sets) - 1
+  crops = list(zip(z[f"img_{last}"], z[f"tgt_{last}"]))
+  teacher, text = jnp.asarray(z["kd_teacher"])[None], jnp.asarray(z["kd_text"])[None]
+  image = jnp.asarray([b for b, _ in crops])[None]
+  ok = jnp.ones_like(image, bool)
+  for s in sets:
+    i = s["index"]
+    query = {(b, t): q for b, q, t in zip(z[f"img_{i}"], z[f"src_{i}"], z[f"tgt_{i}"])}
+    shared = jnp.stack([s["shared"][b, query[(b, t)]] for b, t in crops])
+    v = imported.kd_proj(shared, i)[None]
+    if i == last:
+      np.testing.assert_allclose(v[0], z["kd_student_final"], rtol=1e-4, atol=1e-5)
+    got = pairwise_kd(v, teacher, text, image, ok, imported.kd_scale[...])
+    np.testing.assert_allclose(got, z[f"kd_{i}"], rtol=1e-4)
+
+
+def test_caption_grounding_equals_the_release_head(imported):
+  """Every set's matched queries (≤ 25: all here) against the captions' word embeddings, learned
+  temperature exp(logit_scale) (model 963-1015, loss.py GroundingHead)."""
+  from ovs_jax.losses.caption_grounding import grounding_loss
+  z = np.load(DATA / "official_forward.npz")
+  pixels = (z["image"].astype(np.float32) - z["pixel_mean"]) / z["pixel_std"]
+  sets = Segmenter(imported)(jnp.asarray(pixels, jnp.float32))
+  words = jnp.asarray(z["text_caption"])
+  word_valid = jnp.asarray(z["caption_mask"] > 0)
+  temperature = jnp.exp(imported.class_path.logit_scale[...])
+  for s in sets:
+    i = s["index"]
+    rows = [[q for b, q in zip(z[f"img_{i}"], z[f"src_{i}"]) if b == img] for img in range(2)]
+    r = max(map(len, rows))
+    regions = jnp.stack([jnp.concatenate([s["embedding"][img, jnp.asarray(q, jnp.int32)],
+                                          jnp.zeros((r - len(q), s["embedding"].shape[-1]))])
+                         for img, q in enumerate(rows)])
+    region_valid = jnp.asarray([[k < len(q) for k in range(r)] for q in rows])
+    got = grounding_loss(words, word_valid, regions, region_valid, temperature)
+    np.testing.assert_allclose(got, z[f"ground_{i}"], rtol=1e-4)

@@ -114,7 +114,8 @@ def main():
 
     def wrapped(*args, fn=fn, name=name, **kw):
       value = fn(*args, **kw)
-      terms.setdefault(name, []).append((args, value))
+      # A copy: the release scales its loss tensors in place by their weights (model 667-669).
+      terms.setdefault(name, []).append((args, value.detach().clone()))
       return value
     setattr(model, name, wrapped)
   draws = []
