@@ -7,7 +7,7 @@ r"""GKC with a CLIP ViT-B/16 student (GKC's ViT option: blocks 4/6/8/12 -> a 4-l
 The training recipe is the paper's R-50 one (configs/gkc_r50.py; docs/gkc.md has the source of
 every value) with a ViT-B/16 student. `:demo`: the embedded demo data with the tiny demo CLIP, every
 class trained, 600 steps (about 3 min on 2 quiet CPU cores; demo-val mIoU 70.9 against MaskCLIP's 57.6,
-docs/gkc.md). `:demo,zero_shot`: sand, box and tree held out, scored next to MaskCLIP.
+docs/gkc.md). `:demo,zero_shot`: the demo's 7 unseen classes held out, scored next to MaskCLIP.
 """
 from ovs_jax.config_utils import parse_variants, recipe_module
 
@@ -30,7 +30,7 @@ def get_config(arg: str = ""):
 
 
 def zero_shot(c):
-  """Sand, box and tree held out of training (pixels ignored, names never seen), scored with the
+  """The demo's 7 unseen classes held out of training (pixels ignored, names never seen), scored with the
   rest next to MaskCLIP on the same demo CLIP (the MAFT+ and MVP-SEG demos' protocol)."""
   c.data.unseen = "zero_shot"
   c.loss.caption_weight = 0.0  # captions name the held-out classes
@@ -41,7 +41,7 @@ def zero_shot(c):
 
 def demo(c):
   """The demo variant, shared with configs/gkc_r50.py."""
-  c.clip.weights = "demo"  # a tiny CLIP pre-trained on the demo data (~1 min, once, cached)
+  c.clip.weights = "demo"  # a tiny CLIP pre-trained on demo image-caption pairs (~2 min, once, cached)
   c.model.update(num_queries=16, hidden_dim=64, enc_layers=1, enc_ffn_dim=128, dec_layers=3,
                  dec_ffn_dim=128, num_heads=4, deform_points=2, dtype="float32")
   # 12 segments per image at most, all distilled (8 × 12 < the release's 200 crops per forward),
@@ -50,7 +50,7 @@ def demo(c):
   c.loss.update(num_points=1024, kd_canvas=160, kd_crop_size=64, unfiltered_synonyms=True)
   # The demo dataset is semantic: each class present is one segment (its mask and box follow).
   # Every class trains, as GKC trains on COCO's 133 and is scored on other vocabularies; the
-  # `zero_shot` variant holds sand, box and tree out instead.
+  # `zero_shot` variant holds the 7 unseen classes out instead.
   c.data.update(train="demo", unseen="", train_mapper="lsj", crop_size=128,
                 scale_range=(0.8, 1.25), num_masks=12, worker_count=0)
   c.evals.val = dict(type="miou", dataset="demo", split="val", every=300, max_images=64,

@@ -81,7 +81,7 @@ def get_config(arg: str = ""):
 
   if "demo" in variants:
     # No DINOv2 weights offline: the frozen tower is the demo CLIP's image tower (`clip.weights`
-    # "demo": the tiny CLIP pre-trained on the demo labels), its image embedding as the class
+    # "demo": the tiny CLIP pre-trained on demo captions), its image embedding as the class
     # token and its MaskCLIP dense map as the patches; a small text tower from scratch.
     c.vision.update(tower="clip")
     c.clip.update(weights="demo", arch="tiny")
