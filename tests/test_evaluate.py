@@ -47,10 +47,11 @@ def test_perfect_predictor_scores_100(tmp_path):
   records = [{"image": np.repeat(demo[i]["label"][..., None], 3, -1), "label": demo[i]["label"]}
              for i in range(12)]
   mean, std = jnp.asarray(preprocess.CLIP_MEAN), jnp.asarray(preprocess.CLIP_STD)
-  decode = lambda x, v: jnp.eye(10)[jnp.clip(jnp.round((x * std + mean) * 255)[..., 0], 0, 9).astype(int)]
-  res = ev.evaluate({"perfect": oracle(decode, 10)}, ["demo"],
+  c = demo.num_classes
+  decode = lambda x, v: jnp.eye(c)[jnp.clip(jnp.round((x * std + mean) * 255)[..., 0], 0, c - 1).astype(int)]
+  res = ev.evaluate({"perfect": oracle(decode, c)}, ["demo"],
                     InferenceConfig(short_side=160, bucket=32, label_bucket=32), tmp_path,
-                    sources={"demo": ListSource(records, 10, 255)})
+                    sources={"demo": ListSource(records, c, 255)})
   m = res["perfect"]["demo"]
   assert m["mIoU"] == m["pACC"] == m["mACC"] == m["fwIoU"] == 100.0 and m["num_images"] == 12
 
