@@ -5,7 +5,7 @@
   python -m ovs_jax.evaluate --checkpoint=WORKDIR --datasets=ade20k_150 --workdir=eval/
   python -m ovs_jax.evaluate --demo --workdir=eval/     # demo CLIP on the demo set, offline
 
---clip (training-free MaskCLIP) and --checkpoint (any method of ovs_jax/methods/registry.py) take
+--clip (training-free: MaskCLIP, or --method=sclip|clearclip|naclip|proxyclip) and --checkpoint (any method of ovs_jax/methods/registry.py) take
 comma-separated lists: one table row per model. Writes <workdir>/results.json, results.md and
 per-class tables (`ovs_jax.evaluation`).
 """
@@ -21,10 +21,11 @@ import jax
 from absl import app, flags, logging
 
 from ovs_jax import metrics
-from ovs_jax.cli import run
+from ovs_jax.cli import ConfigError, run
 from ovs_jax.config_check import inference_flags, integer, validate_flags
 from ovs_jax.evaluation import ZERO_SHOT, check_request, evaluate, model_factories, results_table
 from ovs_jax.inference.batching import InferenceConfig
+from ovs_jax.methods.training_free import clip_method, parse_options
 from ovs_jax.templates import get_templates
 
 FLAGS = flags.FLAGS
@@ -35,6 +36,10 @@ def define_flags():
   flags.DEFINE_list("clip", [], "CLIP weights (HF dir, OpenCLIP file, converted dir, random:<arch>, demo:<arch>): "
                     "training-free MaskCLIP rows")
   flags.DEFINE_list("checkpoint", [], "ovs_jax checkpoints/workdirs of a registered method")
+  flags.DEFINE_string("method", "maskclip", "the training-free method of the --clip rows: maskclip, sclip, "
+                      "clearclip, naclip, proxyclip (docs/training_free.md)")
+  flags.DEFINE_list("method_options", [], "key=value options of --method, e.g. prob_thd=0.1,logit_scale=65 "
+                    "or vfm=DINOV2_WEIGHTS for proxyclip (docs/training_free.md)")
   flags.DEFINE_list("names", [], "row names, one per --clip then --checkpoint")
   flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
   flags.DEFINE_list("datasets", [], "benchmarks, e.g. ade20k_150,ade20k_847,pc_59,pc_459,voc_20")
@@ -83,13 +88,19 @@ def main(argv):
       "--max_images": (FLAGS.max_images, integer(0, note="0: all")),
       "--workers": (FLAGS.workers, integer(0))})
   check_request(datasets, FLAGS.split, FLAGS.vocab)
+  try:
+    method_options = parse_options(FLAGS.method_options)
+    clip_method(FLAGS.method, method_options)
+  except ValueError as e:
+    raise ConfigError(f"--method/--method_options: {e}") from None
   if any(s.startswith("random:") for s in clips):
     logging.warning("RANDOM CLIP weights: the pipeline runs, the numbers are meaningless.")
   cfg = InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride,
                         FLAGS.bucket)
   factories = model_factories(clips, FLAGS.checkpoint, FLAGS.names,
                               templates=get_templates(FLAGS.templates), hidden_act=FLAGS.hidden_act,
-                              precision=FLAGS.precision)
+                              precision=FLAGS.precision, method=FLAGS.method,
+                              method_options=method_options)
   results = evaluate(factories, datasets, cfg, FLAGS.workdir, split=FLAGS.split, root=FLAGS.root,
                      vocabulary=FLAGS.vocab, batch_size=FLAGS.batch_size or None,
                      max_images=FLAGS.max_images or None, workers=FLAGS.workers,

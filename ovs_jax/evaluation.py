@@ -30,7 +30,8 @@ from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.engine import evaluate_source
 from ovs_jax.inference.segmentation_model import (checkpoint_method, open_checkpoint,
                                                   read_checkpoint_config, read_vocabulary)
-from ovs_jax.methods.maskclip import clip_from_spec, maskclip_model
+from ovs_jax.methods.maskclip import clip_from_spec
+from ovs_jax.methods.training_free import clip_method
 
 DEFAULT_CACHE = Path(os.environ.get("OVS_JAX_CACHE", Path.home() / ".cache" / "ovs_jax"))
 SUMMARY = ("mIoU", "fwIoU", "mACC", "pACC")
@@ -157,8 +158,11 @@ def check_request(datasets: list[str], split: str, vocabulary: str | None = None
 
 
 def model_factories(clips: list[str], checkpoints: list[str], names: list[str], *, templates,
-                    hidden_act=None, cache_dir=DEFAULT_CACHE / "text", precision="auto") -> dict:
-  """Row name -> factory(vocabulary). CLIP weights load once; text classifiers per vocabulary."""
+                    hidden_act=None, cache_dir=DEFAULT_CACHE / "text", precision="auto",
+                    method: str = "maskclip", method_options: dict | None = None) -> dict:
+  """Row name -> factory(vocabulary). CLIP weights load once; text classifiers per vocabulary.
+  `method`, `method_options`: the training-free method each --clip row runs (default MaskCLIP)."""
+  make = clip_method(method, method_options)  # a bad method or option fails before any loading
   specs = [("clip", s) for s in clips] + [("checkpoint", s) for s in checkpoints]
   if names and len(names) != len(specs):
     raise ValueError(f"--names gives {len(names)} names for {len(specs)} models")
@@ -166,8 +170,9 @@ def model_factories(clips: list[str], checkpoints: list[str], names: list[str], 
   for i, (kind, spec) in enumerate(specs):
     if kind == "clip":
       clip = clip_from_spec(spec, hidden_act)
-      default = f"MaskCLIP ({Path(spec).name or spec})"
-      factory = lambda v, clip=clip: maskclip_model(clip, v, templates=templates, cache_dir=cache_dir)
+      label = "MaskCLIP" if method == "maskclip" else method
+      default = f"{label} ({Path(spec).name or spec})"
+      factory = lambda v, clip=clip: make(clip, v, templates=templates, cache_dir=cache_dir)
     else:
       checkpoint_method(*read_checkpoint_config(spec))  # fail before any data is read
       default = Path(spec).name

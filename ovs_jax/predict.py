@@ -28,7 +28,7 @@ import numpy as np
 from absl import app, flags, logging
 from tqdm import tqdm
 
-from ovs_jax.cli import run
+from ovs_jax.cli import ConfigError, run
 from ovs_jax.config_check import inference_flags, integer, validate_flags
 from ovs_jax.inference.batching import InferenceConfig
 from ovs_jax.inference.segmentation_model import build_from_checkpoint, read_vocabulary
@@ -36,6 +36,7 @@ from ovs_jax.inference.segmenter import (DEFAULT_CACHE, Segmenter, check_outputs
                                          list_images, output_names, readable_path,
                                          write_prediction)
 from ovs_jax.methods.maskclip import clip_from_spec
+from ovs_jax.methods.training_free import clip_method, parse_options
 from ovs_jax.templates import get_templates
 
 FLAGS = flags.FLAGS
@@ -45,6 +46,9 @@ def define_flags():
   """Called only when run as a program, so importing this module defines no flags."""
   flags.DEFINE_string("clip", None, "CLIP weights: HF dir, OpenCLIP file, converted dir, random:<arch> or demo:<arch>")
   flags.DEFINE_string("checkpoint", None, "a trained checkpoint of a registered method instead of --clip")
+  flags.DEFINE_string("method", "maskclip", "the training-free method run on --clip: maskclip, sclip, "
+                      "clearclip, naclip, proxyclip (docs/training_free.md)")
+  flags.DEFINE_list("method_options", [], "key=value options of --method (docs/training_free.md)")
   flags.DEFINE_string("hidden_act", None, "activation for OpenCLIP files: quick_gelu (OpenAI) or gelu")
   flags.DEFINE_multi_string("images", None, "image files and/or folders, comma-separated or repeated (a name "
                             "holding a comma is found when the file exists)")
@@ -73,6 +77,10 @@ def main(argv):
   from input_pipeline.vocab import parse_vocabulary
   validate_flags({**inference_flags(FLAGS), "--num_demo": (FLAGS.num_demo, integer(1))})
   InferenceConfig(FLAGS.mode, FLAGS.short_side, FLAGS.max_size, FLAGS.window, FLAGS.stride)  # before loading
+  try:
+    make = clip_method(FLAGS.method, parse_options(FLAGS.method_options))
+  except ValueError as e:
+    raise ConfigError(f"--method/--method_options: {e}") from None
   gts = {}
   if FLAGS.demo:
     records, vocabulary = demo_inputs(FLAGS.num_demo)
@@ -99,6 +107,7 @@ def main(argv):
       logging.warning("Using RANDOM CLIP weights (%s): the pipeline runs, the masks are meaningless.",
                       spec)
     model = clip_from_spec(spec, FLAGS.hidden_act)
+    model = make(model, vocabulary, templates=templates, cache_dir=DEFAULT_CACHE / "text")
   segment = Segmenter(model, vocabulary, templates, FLAGS.short_side, mode=FLAGS.mode,
                       window=FLAGS.window, stride=FLAGS.stride, max_size=FLAGS.max_size)
   done, skipped = [], []

@@ -9,12 +9,16 @@ from __future__ import annotations
 import importlib
 
 METHODS = {
+    "clearclip": "ovs_jax.methods.clearclip",
     "gkc": "ovs_jax.methods.gkc",
     "maft_plus": "ovs_jax.methods.maft_plus",
     "maskclip": "ovs_jax.methods.maskclip",
     "maskclip_plus": "ovs_jax.methods.maskclip_plus",
     "mvp_seg": "ovs_jax.methods.mvp_seg",
     "mvp_seg_plus": "ovs_jax.methods.mvp_seg_plus",
+    "naclip": "ovs_jax.methods.naclip",
+    "proxyclip": "ovs_jax.methods.proxyclip",
+    "sclip": "ovs_jax.methods.sclip",
     "simzss": "ovs_jax.methods.simzss",
 }
 

@@ -133,3 +133,40 @@ class TrainingFreeMethod(MaskCLIP):
     return lambda vocabulary: self.clip_model(
         clip, vocabulary, templates=templates, cache_dir=cache_dir,
         name=config.get("name", Path(directory).name), config=rest)
+
+
+def parse_options(items) -> dict:
+  """["key=value", ...] (a CLI list) -> {key: value}, values read as JSON where they parse
+  (numbers, lists, booleans), else kept as strings (paths)."""
+  import json
+  out = {}
+  for item in items or ():
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+      raise ValueError(f"method option {item!r}: expected key=value")
+    try:
+      out[key.strip()] = json.loads(value)
+    except json.JSONDecodeError:
+      out[key.strip()] = value
+  return out
+
+
+def clip_method(name: str, options: dict | None = None):
+  """The registered training-free method `name` for a plain CLIP (`--method`), its `options` checked
+  now, before any weights or data load. Returns `make(clip, vocabulary, *, templates, cache_dir,
+  name) -> SegmentationModel`."""
+  from ovs_jax.methods.registry import get_method, method_names
+  options = dict(options or {})
+  if name == "maskclip":
+    from ovs_jax.methods.maskclip import maskclip_model
+    unknown = set(options) - {"pd_thresh", "ks_thresh"}
+    if unknown:
+      raise ValueError(f"maskclip: unknown option(s) {sorted(unknown)}; expected pd_thresh, ks_thresh")
+    return lambda clip, vocabulary, **kw: maskclip_model(clip, vocabulary, **kw, **options)
+  method = get_method(name)
+  if not isinstance(method, TrainingFreeMethod):
+    free = [n for n in method_names() if n == "maskclip" or not get_method(n).trainable]
+    raise ValueError(f"--method={name} is trained (give its --checkpoint); training-free methods: "
+                     f"{', '.join(free)}")
+  method.settings(options)
+  return lambda clip, vocabulary, **kw: method.clip_model(clip, vocabulary, config=options, **kw)
