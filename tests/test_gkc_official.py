@@ -123,6 +123,19 @@ def test_convert_cli_functions_round_trip(official_file, official, tmp_path):
   assert back["criterion.empty_weight"].tolist() == [1.0] * 133 + [np.float32(0.1)]
 
 
+def test_to_official_refuses_clip_pixel_statistics(official_file, tmp_path):
+  """The release normalises with ImageNet statistics: a workdir trained on CLIP's would not
+  compute the same outputs in the official code."""
+  import json
+  workdir = gkc_export.from_official(official_file, tmp_path / "wd")
+  run = json.loads((workdir / "config.json").read_text())
+  assert run["model"]["pixel_stats"] == "imagenet"
+  run["model"]["pixel_stats"] = "clip"
+  (workdir / "config.json").write_text(json.dumps(run))
+  with pytest.raises(CheckpointError, match="pixel_stats='clip'"):
+    gkc_export.to_official(workdir, tmp_path / "x.pth")
+
+
 def test_not_a_gkc_checkpoint_is_refused(tmp_path):
   import torch
   path = tmp_path / "other.pth"

@@ -76,6 +76,7 @@ def imported_config(sd, recipe: str | None = None):
   config.model.update(model_sizes(sd))
   config.model.dtype = "float32"
   config.clip.weights = "random"  # every weight comes from the checkpoint
+  config.model.pixel_stats = "imagenet"  # the release's PIXEL_MEAN/STD (Base-COCO yaml 6-7)
   return config
 
 
@@ -116,6 +117,11 @@ def to_official(checkpoint, out) -> Path:
   if not isinstance(model.clip, ResNetCLIP):
     raise CheckpointError(f"{workdir}: a ViT GKC; the release's checkpoints hold CLIP ResNet "
                           "students (docs/gkc.md); use `convert to-torch`")
+  stats = config.model.get("pixel_stats", "clip")
+  if stats != "imagenet":
+    raise CheckpointError(f"{workdir}: trained with model.pixel_stats={stats!r}; the release "
+                          "normalises with ImageNet statistics (PIXEL_MEAN/STD), so its outputs "
+                          "would differ")
   num_classes = len(load_vocabulary(dataset_meta(config.data.train, "train").vocabulary))
   sd = gkc_official.to_official(torch_state.export_state_dict(model), num_classes=num_classes,
                                 void_weight=config.loss.void_weight)
