@@ -130,3 +130,22 @@ def test_checkpoint_directory_names_the_method(clip, tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"method": "naclip", "clip": "clip", "std": 3}))
   with pytest.raises(ValueError, match="unknown option"):
     open_checkpoint(tmp_path, templates=("{}",))
+
+
+def test_evaluate_and_predict_cli_take_a_method(tmp_path):
+  import subprocess
+  import sys
+  from clip_helpers import random_hf_clip, small_hf_config
+  clip_dir = tmp_path / "clip"
+  random_hf_clip(small_hf_config()).save_pretrained(clip_dir)
+  run = lambda mod, *a: subprocess.run([sys.executable, "-m", f"ovs_jax.{mod}", *a], capture_output=True,
+                                       text=True)
+  r = run("evaluate", "--demo", "--method=clearclip", f"--clip={clip_dir}", "--max_images=2",
+          "--short_side=64", "--templates=plain", f"--workdir={tmp_path / 'w'}")
+  assert r.returncode == 0, r.stderr
+  assert "| clearclip (clip) |" in r.stdout
+  r = run("predict", "--demo", "--method=naclip", "--method_options=pamr_steps=2", f"--clip={clip_dir}",
+          "--num_demo=1", "--short_side=64", "--templates=plain", f"--out={tmp_path / 'p'}")
+  assert r.returncode == 0, r.stderr
+  r = run("evaluate", "--demo", "--method=sclip", "--method_options=std=3", f"--clip={clip_dir}")
+  assert r.returncode == 2 and "unknown option(s) ['std']" in r.stderr and "Traceback" not in r.stderr
