@@ -156,9 +156,10 @@ def zero_shot_accuracy(model: CLIPBase, images, labels, vocabulary, *, size=CROP
   return {"image_top1": float(present[np.arange(len(images)), ranked[:, 0]].mean()),
           "image_precision_at_k": float(np.mean(at_k)),
           "chance_precision_at_k": float(np.mean(k / c)),
-          "patch_accuracy": float((pred == patch)[valid].mean()),
-          "patch_class_accuracy": float(np.mean(per_class)),
-          "majority_patch_accuracy": float(np.bincount(patch[valid]).max() / valid.sum())}
+          "patch_accuracy": float((pred == patch)[valid].mean()) if valid.any() else float("nan"),
+          "patch_class_accuracy": float(np.mean(per_class)) if per_class else float("nan"),
+          "majority_patch_accuracy": (float(np.bincount(patch[valid]).max() / valid.sum())
+                                      if valid.any() else float("nan"))}
 
 
 def _read_images(root, split):
