@@ -45,3 +45,32 @@ def test_siglip_matches_transformers(scan):
   for got, want in ((img, want_img), (txt, want_txt), (logits, out.logits_per_image.numpy())):
     assert got.shape == want.shape, (got.shape, want.shape)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+
+
+def test_big_vision_npz_loads_to_the_same_outputs(tmp_path):
+  """transformers' weights written in big_vision's two-tower layout (`.npz`), read back with the
+  architecture inferred from the shapes: the same embeddings; and the layout maps back exactly."""
+  from ovs_jax.interchange.siglip_big_vision import (big_vision_to_hf, hf_to_big_vision,
+                                                     load_big_vision_siglip)
+  hf = _hf(seed=1)
+  sd = {k: v.detach().numpy() for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+  bv = hf_to_big_vision(sd, vision_heads=4, text_heads=4)
+  assert bv["params/img/Transformer/encoderblock_0/MultiHeadDotProductAttention_0/query/kernel"].shape == (32, 4, 8)
+  back = big_vision_to_hf(bv)
+  assert set(back) == set(sd) and all(np.array_equal(back[k], sd[k].reshape(back[k].shape)) for k in sd)
+  np.savez(tmp_path / "siglip.npz", **bv)
+  ours = load_big_vision_siglip(tmp_path / "siglip.npz")
+  assert ours.config.vision.num_attention_heads == 4 and ours.config.vision.image_size == 32
+  pixels = np.random.RandomState(2).randn(1, 3, 32, 32).astype(np.float32)
+  ids = np.random.RandomState(3).randint(0, 100, (2, 12))
+  with torch.no_grad():
+    want = hf(pixel_values=torch.from_numpy(pixels), input_ids=torch.from_numpy(ids)).logits_per_image.numpy()
+  got = np.asarray(ours(jnp.asarray(nhwc(pixels)), jnp.asarray(ids)))
+  assert got.shape == want.shape and np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+  # big_vision's scanned encoder (`encoderblock` with a leading layer axis) reads the same.
+  pre = "params/img/Transformer/encoderblock"
+  scanned = {k: v for k, v in bv.items() if not k.startswith(pre + "_")}
+  for name in {k.split("/", 4)[4] for k in bv if k.startswith(pre + "_")}:
+    scanned[f"{pre}/{name}"] = np.stack([bv[f"{pre}_{i}/{name}"] for i in range(2)])
+  again = big_vision_to_hf(scanned)
+  assert all(np.array_equal(again[k], back[k]) for k in back)
