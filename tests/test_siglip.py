@@ -42,6 +42,9 @@ def test_siglip_matches_transformers(scan):
     pooled = lambda o: getattr(o, "pooler_output", o).numpy()  # transformers 5 returns an output object
     want_img = pooled(hf.get_image_features(pixel_values=torch.from_numpy(pixels)))
     want_txt = pooled(hf.get_text_features(input_ids=torch.from_numpy(ids)))
+  exported = torch_state.export_state_dict(ours)  # ours -> transformers names, the other way
+  sd = {k: v.detach().numpy() for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+  assert set(exported) == set(sd) and all(np.array_equal(exported[k], sd[k]) for k in sd)
   for got, want in ((img, want_img), (txt, want_txt), (logits, out.logits_per_image.numpy())):
     assert got.shape == want.shape, (got.shape, want.shape)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
