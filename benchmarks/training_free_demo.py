@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +52,7 @@ def main(argv):
                                          "images": r["num_images"], "convention": r["miou_convention"]}
       print(name, mode, rows[name][mode], flush=True)
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-  lines = [f"| method | mIoU whole | mIoU slide | time whole (× MaskCLIP) | time slide (× MaskCLIP) |",
+  lines = ["| method | mIoU whole | mIoU slide | time whole (× MaskCLIP) | time slide (× MaskCLIP) |",
            "| --- | ---: | ---: | ---: | ---: |"]
   for name, r in rows.items():
     rel = {m: r[m]["seconds"] / rows["maskclip"][m]["seconds"] for m in ("whole", "slide")}

@@ -13,7 +13,7 @@ from ovs_jax.interchange.clip_keys import openclip_to_hf
 from ovs_jax.interchange import torch_state
 from ovs_jax.methods.clearclip import clearclip_features
 from ovs_jax.methods.naclip import naclip_features
-from ovs_jax.methods.proxyclip import ProxyPair, proxy_last_block
+from ovs_jax.methods.proxyclip import proxy_last_block
 from ovs_jax.methods.sclip import sclip_features
 from ovs_jax.methods.training_free import dense_cosines
 from ovs_jax.models.clip_last_block import last_block_input
