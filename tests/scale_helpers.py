@@ -87,3 +87,23 @@ def python_env(**extra) -> dict:
 def run_python(args, timeout=600, **env):
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=python_env(**env), capture_output=True,
                         text=True, timeout=timeout)
+
+
+def assert_updates_close(actual, expected, initial, lr, rtol=1e-3, what="params"):
+  """Per leaf: max|a-b| ≤ rtol · max(max|b-initial|, lr): two runs of the same steps agree to a
+  fraction of the update they made. Comparing against the parameters' size instead puts
+  zero-initialised biases (|b| ~ a few lr) at the edge of fp32 roundoff: a sharded gradient summed
+  in another order differs by ~1e-7 of its terms, and where the terms cancel that is ~1e-4 of the
+  gradient and of Adam's step (eps 1e-3 > |g|). A sharding bug (a missing or doubled reduction)
+  moves a step by O(1) of itself."""
+  import jax
+  from ovs_jax.optim import path_str
+  bad = []
+  flat = jax.tree_util.tree_flatten_with_path(actual)[0]
+  for (path, a), b, i in zip(flat, jax.tree.leaves(expected), jax.tree.leaves(initial)):
+    a, b, i = np.asarray(a), np.asarray(b), np.asarray(i)
+    step = max(float(np.max(np.abs(b - i), initial=0)), lr)
+    err = float(np.max(np.abs(a - b), initial=0)) / step
+    if err > rtol:
+      bad.append(f"{path_str(path)} {a.shape}: {err:.2e} of its update")
+  assert not bad, f"{what} differ by more than {rtol} of their update:\n" + "\n".join(bad[:20])
