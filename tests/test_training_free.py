@@ -53,13 +53,12 @@ def test_background_threshold_follows_the_official_rule():
   """softmax(scale · cos) over classes; label 0 where the top probability < prob_thd
   (clip_segmentor.py:148-170), else the argmax."""
   cos = jnp.asarray(np.random.RandomState(2).uniform(-0.2, 0.3, (2, 5, 4, 3)).astype(np.float32))
-  index = jnp.arange(3)[:, None]
   p = jax.nn.softmax(40 * cos, -1)
   want = np.where(np.asarray(p.max(-1)) < 0.6, 0, np.asarray(p.argmax(-1)))
-  got = class_scores(cos, index, logit_scale=40, prob_thd=0.6)
+  got = class_scores(cos, logit_scale=40, prob_thd=0.6)
   assert (np.asarray(got.argmax(-1)) == want).all()
   assert 0 < (want == 0).mean() < 1 and (got[..., 0] == BACKGROUND_SCORE).any()
-  plain = class_scores(cos, index, logit_scale=40)
+  plain = class_scores(cos, logit_scale=40)
   np.testing.assert_allclose(np.asarray(plain), 40 * np.asarray(cos), rtol=1e-6)
 
 

@@ -9,8 +9,8 @@ softmax(logit_scale · cos) with the background rule "label 0 where the top prob
 `prob_thd`" (0 = off: the benchmarks without a background class).
 
 Two differences from the official scoring, both where classes have synonyms or windows overlap:
-a class's cosine is the max over its synonyms BEFORE the softmax (official: after it, over all
-synonyms' probabilities), and with `prob_thd` or PAMR on, a sliding window is scored and refined on
+a class's cosine is the max over its synonyms, taken at the patch grid before upsampling, PAMR and
+the softmax (official: after them, over all synonyms' probabilities), and with `prob_thd` or PAMR on, a sliding window is scored and refined on
 its own and the engine averages the windows (official: averages cosines, then one softmax and one
 PAMR over the whole image). Whole-image inference without synonyms is the official rule exactly.
 """
@@ -33,11 +33,10 @@ from ovs_jax.text_classifier import build_text_classifier, max_over_synonyms
 BACKGROUND_SCORE = 2.0  # above any probability: the background rule's label-0 vote
 
 
-def class_scores(cos, synonym_index, *, logit_scale: float, prob_thd: float = 0.0):
-  """cos (B, H, W, S) synonym cosines -> (B, H, W, C) scores: logit_scale · max-over-synonyms cosine,
-  or with `prob_thd` > 0 the class probabilities softmax_c(logit_scale · cos), class 0 forced where
-  the top probability is below `prob_thd` (official `postprocess_result`)."""
-  cos = max_over_synonyms(cos, synonym_index)
+def class_scores(cos, *, logit_scale: float, prob_thd: float = 0.0):
+  """cos (B, H, W, C) class cosines -> (B, H, W, C) scores: logit_scale · cos, or with `prob_thd` > 0
+  the class probabilities softmax_c(logit_scale · cos), class 0 forced where the top probability is
+  below `prob_thd` (official `postprocess_result`)."""
   if prob_thd <= 0:
     return logit_scale * cos
   p = jax.nn.softmax(logit_scale * cos, axis=-1)
@@ -73,10 +72,11 @@ def training_free_model(clip, vocabulary: list[list[str]], *, features: Callable
     del valid  # every position is scored independently of the padding, as MaskCLIP
     state, emb, index = params
     cos = dense_cosines(features, nnx.merge(graphdef, state), pixels, emb, **options)
-    cos = resize(cos, *pixels.shape[1:3])
+    # Synonyms first (as MaskCLIP): the upsampled map and PAMR hold C channels, not S.
+    cos = resize(max_over_synonyms(cos, index), *pixels.shape[1:3])
     if scoring.pamr_steps:
       cos = pamr(pixels, cos, scoring.pamr_steps, scoring.pamr_dilations)
-    return class_scores(cos, index, logit_scale=scoring.logit_scale, prob_thd=scoring.prob_thd)
+    return class_scores(cos, logit_scale=scoring.logit_scale, prob_thd=scoring.prob_thd)
 
   params = (state, jnp.asarray(clf.embeddings), jnp.asarray(clf.synonym_index))
   return SegmentationModel(name, apply, params, [v[0] for v in vocabulary],

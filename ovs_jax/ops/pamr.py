@@ -16,9 +16,9 @@ import jax.numpy as jnp
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _shifted(x, dilations, with_centre: bool):
-  """x (B, H, W, K) -> (B, H, W, K, P): x(y + d·dy, x + d·dx) per neighbour and dilation, edges
-  replicated (the official 'replicate' padding and dilated 3x3 conv)."""
+def _shifts(x, dilations, with_centre: bool):
+  """x (B, H, W, K) -> [x(y + d·dy, x + d·dx)] per dilation and neighbour, edges replicated (the
+  official 'replicate' padding and dilated 3x3 conv)."""
   h, w = x.shape[1:3]
   out = []
   offsets = [(i, j) for i in (-1, 0, 1) for j in (-1, 0, 1)] if with_centre else _NEIGHBOURS
@@ -26,7 +26,7 @@ def _shifted(x, dilations, with_centre: bool):
     xp = jnp.pad(x, ((0, 0), (d, d), (d, d), (0, 0)), mode="edge")
     for dy, dx in offsets:
       out.append(xp[:, d + d * dy: d + d * dy + h, d + d * dx: d + d * dx + w])
-  return jnp.stack(out, axis=-1)
+  return out
 
 
 def pamr(image, scores, num_iter: int = 10, dilations=(8, 16)):
@@ -36,11 +36,11 @@ def pamr(image, scores, num_iter: int = 10, dilations=(8, 16)):
     raise ValueError(f"PAMR needs the image and the scores at one size; got {image.shape[1:3]} and "
                      f"{scores.shape[1:3]}")
   image = image.astype(jnp.float32)
-  std = jnp.std(_shifted(image, dilations, True), axis=-1, ddof=1, keepdims=True)
-  diff = jnp.abs(image[..., None] - _shifted(image, dilations, False))
+  std = jnp.std(jnp.stack(_shifts(image, dilations, True), -1), axis=-1, ddof=1, keepdims=True)
+  diff = jnp.abs(image[..., None] - jnp.stack(_shifts(image, dilations, False), -1))
   affinity = jax.nn.softmax(jnp.mean(-diff / (1e-8 + 0.1 * std), axis=3), axis=-1)  # (B, H, W, P)
 
-  def step(m, _):
-    return jnp.einsum("bhwcp,bhwp->bhwc", _shifted(m, dilations, False), affinity), None
+  def step(m, _):  # a sum over the shifts, never a (B, H, W, C, P) tensor (C can be hundreds)
+    return sum(s * affinity[..., p, None] for p, s in enumerate(_shifts(m, dilations, False))), None
 
   return jax.lax.scan(step, scores.astype(jnp.float32), None, length=num_iter)[0]
