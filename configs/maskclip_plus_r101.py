@@ -87,10 +87,10 @@ def get_config(arg: str = ""):
     c.clip.update(weights="demo", arch="tiny")
     c.model.update(backbone="tiny", head="deeplabv2", head_kwargs=dict(dilations=(1, 2, 3, 4)))
     c.data.update(train="demo", img_scale=(512, 128), crop_size=128, worker_count=0)
-    c.schedule.update(end_teacher=400, start_self_train=401)
-    c.evals.zero_shot.update(dataset="demo", every=600, max_images=64, short_side=128, max_size=512,
+    c.schedule.update(end_teacher=300, start_self_train=301)
+    c.evals.zero_shot.update(dataset="demo", every=900, max_images=64, short_side=128, max_size=512,
                              batch_size=8)
     c.evals.pictures.update(dataset="demo", short_side=128)
     c.optim.update(optimizer="adamw", lr=2e-3, weight_decay=1e-4, min_lr=0.0, warmup_steps=20)
-    c.train.update(batch_size=8, steps=1200, log_every=50, ckpt_every=600)
+    c.train.update(batch_size=8, steps=900, log_every=50, ckpt_every=900)
   return c

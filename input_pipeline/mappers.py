@@ -66,7 +66,13 @@ def lsj(source, crop_size=(512, 512), scale_range=(0.5, 2.0), cat_max_ratio: flo
   return Mapper(_finish(ops, source, num_masks, with_masks, normalize, crop_size))
 
 
-MAPPERS = {"mask_former_semantic": mask_former_semantic, "lsj": lsj}
+def mmseg(source, **kwargs) -> Mapper:
+  """mmsegmentation's pipeline of MaskCLIP+'s configs (`input_pipeline/mmseg_pipeline.py`)."""
+  from input_pipeline.mmseg_pipeline import mmseg_train
+  return mmseg_train(source, **kwargs)
+
+
+MAPPERS = {"mask_former_semantic": mask_former_semantic, "lsj": lsj, "mmseg": mmseg}
 
 
 def build(name: str, source, **kwargs) -> Mapper:
@@ -82,6 +88,9 @@ def from_config(source, data, with_masks: bool) -> Mapper:
   common = dict(cat_max_ratio=data.cat_max_ratio, num_masks=data.num_masks, with_masks=with_masks)
   if name == "lsj":
     return lsj(source, crop, tuple(data.scale_range), **common)
+  if name == "mmseg":
+    return mmseg(source, img_scale=tuple(data.img_scale), ratio_range=tuple(data.ratio_range),
+                 crop_size=crop, photometric=data.get("photometric", True), **common)
   return build(name, source, min_size=tuple(data.min_size_train), max_size=data.max_size_train,
                sampling=data.min_size_train_sampling, crop_size=crop if data.crop_enabled else None,
                **common)

@@ -172,3 +172,30 @@ def test_mmseg_resize_and_photometric_distortion():
   assert np.abs(_hsv_to_rgb(hsv).astype(int) - img).max() <= 1
   out = PhotoMetricDistortion().random_map({"image": img}, np.random.default_rng(3))["image"]
   assert out.dtype == np.uint8 and out.shape == img.shape and not np.array_equal(out, img)
+
+
+@pytest.mark.slow  # ~40-55 s each on 2 loaded cores
+@pytest.mark.parametrize("recipe", ["maskclip_plus_r101.py", "mvp_seg_plus_vitb16.py"])
+def test_trains_and_evaluates_through_the_shared_contract(tmp_path, recipe):
+  """The :demo recipes shrunk (random CLIP / untrained MVP-SEG teacher): the teacher window and
+  self-training both run inside the jitted step, the evaluator reports the transductive setting, and
+  the workdir restores into a SegmentationModel over any vocabulary."""
+  from pathlib import Path
+
+  from ovs_jax.config_utils import recipe_config
+  from ovs_jax.inference.segmentation_model import build_from_checkpoint
+  from ovs_jax.trainer import train_and_evaluate
+  from trainer_helpers import apply_overrides
+  config = recipe_config(Path(__file__).resolve().parents[1] / "configs" / recipe, "demo")
+  overrides = {"clip.weights": "random", "data.crop_size": 64, "data.img_scale": (256, 64),
+               "schedule.end_teacher": 1, "schedule.start_self_train": 2,
+               "evals.zero_shot.short_side": 64, "evals.zero_shot.max_images": 4,
+               "evals.zero_shot.every": 0, "evals.zero_shot.baseline": "", "evals.pictures.every": -1,
+               "train.steps": 2, "train.ckpt_every": 2, "train.log_every": 1}
+  if "checkpoint" in config.teacher:
+    overrides["teacher.checkpoint"] = "random"
+  result = train_and_evaluate(apply_overrides(config, overrides), tmp_path)
+  zs = result["evals"]["zero_shot"]
+  assert zs["setting"] == "transductive" and zs["num_images"] == 4 and "hIoU" in zs
+  seg = build_from_checkpoint(tmp_path, [["sky"], ["grass", "lawn"]])
+  assert seg.class_names == ["sky", "grass"]
