@@ -30,7 +30,9 @@ def base_config():
   c.model = dict(num_queries=100, hidden_dim=256, enc_layers=6, enc_ffn_dim=1024, dec_layers=9,
                  dec_ffn_dim=2048, num_heads=8, deform_points=4, pyramid_blocks=(4, 6, 8, 12),
                  dtype="bfloat16", scan=False, remat=False, attention="auto",
-                 pixel_stats="imagenet", test_names="first")
+                 pixel_stats="imagenet", test_names="first", pyramid="release", drop_path=0.1)
+  # ViT student only: pyramid "release" (clip_models.py:526-545) or "vitdet"; drop_path: stochastic
+  # depth (VIT.DROP_PATH_RATE, config.py:168; needs scan=False, remat=False).
   # pixel_stats: the release's Base-COCO yaml (ovs_jax/methods/gkc_pixels.py); test_names: "first"
   # = one name per class (the release's VOCA_MULTINAME=False), "all" = max over a class's names.
   # Distillation crops come from an un-augmented kd_canvas² view of each image (640: every COCO
