@@ -15,9 +15,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Run as a script, this folder comes first on sys.path; benchmarks/input_pipeline.py would shadow
+# the package of that name (as benchmarks/evaluate.py does).
+if sys.path and os.path.abspath(sys.path[0]) == os.path.dirname(os.path.abspath(__file__)):
+  sys.path.pop(0)
 
 from absl import app, flags
 
@@ -33,6 +38,7 @@ flags.DEFINE_string("workdir", "/tmp/training_free_demo", "output folder")
 flags.DEFINE_integer("short_side", 320, "inference short side")
 flags.DEFINE_integer("window", 160, "sliding window side")
 flags.DEFINE_integer("stride", 80, "sliding window stride")
+flags.DEFINE_integer("max_images", 0, "only the first N val images (0: all 64)")
 FLAGS = flags.FLAGS
 
 
@@ -47,7 +53,8 @@ def main(argv):
     for name in METHODS:
       make = clip_method(name)
       models = {name: lambda v, make=make: make(clip, v, templates=templates, cache_dir=cache)}
-      r = evaluate(models, ["demo"], cfg, Path(FLAGS.workdir) / mode / name)[name]["demo"]
+      r = evaluate(models, ["demo"], cfg, Path(FLAGS.workdir) / mode / name,
+                   max_images=FLAGS.max_images or None)[name]["demo"]
       rows.setdefault(name, {})[mode] = {"mIoU": r["mIoU"], "seconds": r["seconds"],
                                          "images": r["num_images"], "convention": r["miou_convention"]}
       print(name, mode, rows[name][mode], flush=True)
