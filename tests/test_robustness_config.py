@@ -59,7 +59,7 @@ BAD = [
     ("mesh.fsdp", -2, "an integer ≥ 1, or -1"),
     ("clip.weights", "", "existing CLIP weights given with --config.clip.weights=PATH"),
     ("clip.weights", "/no/such/clip", "existing CLIP weights"),
-    ("clip.templates", "coco", "one of 'vild', 'imagenet', 'plain'"),
+    ("clip.templates", "coco", "one of 'vild', 'imagenet', 'maskclip', 'plain'"),
     ("method", "segformer", "one of "),
     ("seed", -1, "an integer ≥ 0"),
 ]
